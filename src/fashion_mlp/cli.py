@@ -1,0 +1,218 @@
+"""`fashion-mlp`: one subcommand per pipeline stage; `dvc.yaml` calls only these.
+
+This is the only module that knows Typer and the environment. Stage modules are imported inside
+each command so `fashion-mlp --help` starts without loading torch or MLflow. A PipelineError is
+printed as one line (`--verbose` shows the traceback) with exit code 1.
+"""
+
+import functools
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import click
+import typer
+
+from fashion_mlp.errors import PipelineError
+
+# Default paths, the same ones dvc.yaml passes explicitly.
+PARAMS_FILE = Path("params.yaml")
+RAW_DIR = Path("data/raw")
+PROCESSED_DIR = Path("data/processed")
+MODELS_DIR = Path("models")
+METRICS_DIR = Path("metrics")
+EVALUATION_DIR = Path("evaluation")
+REPORTS_DIR = Path("reports")
+
+app = typer.Typer(
+    help="Reproducible, experiment-tracked MLPs on Fashion-MNIST. Run `dvc repro` for the "
+    "whole pipeline; each command below is one of its stages.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+ParamsOption = Annotated[Path, typer.Option("--params", help="params file (YAML)")]
+ModelArgument = Annotated[str, typer.Argument(help="model name, a key under `models` in params")]
+TrackingUriOption = Annotated[
+    str | None,
+    typer.Option(
+        envvar="MLFLOW_TRACKING_URI",
+        help="MLflow tracking URI; overrides params mlflow.tracking_uri",
+        show_default=False,
+    ),
+]
+RootOption = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="DVC_ROOT",
+        help="folder that a relative sqlite tracking URI is resolved against "
+        "(set by DVC; default: the params file's folder)",
+        show_default=False,
+    ),
+]
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show tracebacks")] = False,
+) -> None:
+    # SIGTERM (from `kill`, a CI timeout, DVC's queue) unwinds like Ctrl-C, so atomic writes
+    # clean up and the MLflow run is marked KILLED rather than left RUNNING.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def friendly_errors(command: Command) -> Command:
+    """Turn a PipelineError into one line on stderr and exit code 1 (unless --verbose)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except PipelineError as err:
+            if click.get_current_context().find_root().params.get("verbose"):
+                raise
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: no output was written", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _tracking_target(params_file: Path, tracking_uri: str | None, root: Path | None) -> Any:
+    from fashion_mlp.params import load_params
+    from fashion_mlp.tracking import TrackingTarget, resolve_tracking_uri
+
+    settings = load_params(params_file).mlflow
+    uri = tracking_uri or settings.tracking_uri
+    root = root or params_file.resolve().parent
+    return TrackingTarget(uri=resolve_tracking_uri(uri, root), experiment=settings.experiment)
+
+
+@app.command()
+@friendly_errors
+def download(
+    params_file: ParamsOption = PARAMS_FILE,
+    out_dir: Annotated[Path, typer.Option(help="where the gzip files go")] = RAW_DIR,
+) -> None:
+    """Get the four Fashion-MNIST files (local copy first, then the URLs), verified by MD5."""
+    from fashion_mlp.download import download as download_files
+    from fashion_mlp.params import load_params
+
+    for file_name, source in download_files(load_params(params_file).data, out_dir).items():
+        typer.echo(f"{out_dir / file_name}  <- {source}")
+
+
+@app.command()
+@friendly_errors
+def preprocess(
+    raw_dir: Annotated[Path, typer.Option(help="the downloaded gzip IDX files")] = RAW_DIR,
+    out_dir: Annotated[Path, typer.Option(help="where train.pt and test.pt go")] = PROCESSED_DIR,
+) -> None:
+    """Decode the IDX files once into uint8 image and int64 label tensors."""
+    from fashion_mlp.preprocess import preprocess as decode
+
+    for split, data in decode(raw_dir, out_dir).items():
+        typer.echo(f"{out_dir / (split + '.pt')}: {len(data)} images")
+
+
+@app.command()
+@friendly_errors
+def train(
+    model: ModelArgument,
+    params_file: ParamsOption = PARAMS_FILE,
+    data_dir: Annotated[Path, typer.Option(help="preprocessed tensors")] = PROCESSED_DIR,
+    out_dir: Annotated[
+        Path | None, typer.Option(help="default: models/MODEL", show_default=False)
+    ] = None,
+    tracking_uri: TrackingUriOption = None,
+    root: RootOption = None,
+    dvc_stage: Annotated[str | None, typer.Option(envvar="DVC_STAGE", hidden=True)] = None,
+    dvc_exp_name: Annotated[str | None, typer.Option(envvar="DVC_EXP_NAME", hidden=True)] = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Train one MLP and record params, per-epoch metrics and the model in MLflow."""
+    from fashion_mlp.params import load_params
+    from fashion_mlp.tracking import git_commit
+    from fashion_mlp.train import train_model
+
+    config = load_params(params_file).run_config(model)
+    target = _tracking_target(params_file, tracking_uri, root)
+    tags = {
+        "git_commit": git_commit(params_file.resolve().parent),
+        "dvc_stage": dvc_stage,
+        "dvc_exp_name": dvc_exp_name,
+    }
+    history = train_model(
+        config,
+        data_dir,
+        out_dir or MODELS_DIR / model,
+        target,
+        tags={key: value for key, value in tags.items() if value},
+        show_progress=progress,
+    )
+    last = history[-1]
+    typer.echo(f"{model}: test accuracy {last['test_acc']:.4f} after {last['epoch']} epochs")
+
+
+@app.command()
+@friendly_errors
+def evaluate(
+    model: ModelArgument,
+    params_file: ParamsOption = PARAMS_FILE,
+    model_dir: Annotated[
+        Path | None, typer.Option(help="default: models/MODEL", show_default=False)
+    ] = None,
+    data_dir: Annotated[Path, typer.Option(help="preprocessed tensors")] = PROCESSED_DIR,
+    metrics_file: Annotated[
+        Path | None, typer.Option(help="default: metrics/MODEL.json", show_default=False)
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option(help="default: evaluation/MODEL", show_default=False)
+    ] = None,
+    tracking_uri: TrackingUriOption = None,
+    root: RootOption = None,
+) -> None:
+    """Test accuracy, loss, per-class accuracy and confusion matrix, logged to the train run."""
+    from fashion_mlp.evaluate import evaluate_model
+
+    metrics = evaluate_model(
+        model,
+        model_dir or MODELS_DIR / model,
+        data_dir,
+        metrics_file or METRICS_DIR / f"{model}.json",
+        out_dir or EVALUATION_DIR / model,
+        _tracking_target(params_file, tracking_uri, root),
+    )
+    typer.echo(f"{model}: test accuracy {metrics['test_acc']:.4f}, loss {metrics['test_loss']:.4f}")
+
+
+@app.command()
+@friendly_errors
+def compare(
+    params_file: ParamsOption = PARAMS_FILE,
+    models_dir: Annotated[Path, typer.Option(help="trained models")] = MODELS_DIR,
+    metrics_dir: Annotated[Path, typer.Option(help="evaluation metrics")] = METRICS_DIR,
+    out_dir: Annotated[Path, typer.Option(help="where the report goes")] = REPORTS_DIR,
+) -> None:
+    """Compare all models of params `models`: a Markdown table and learning curves."""
+    from fashion_mlp.compare import compare as compare_models
+    from fashion_mlp.compare import markdown_table
+    from fashion_mlp.params import load_params
+
+    configs = load_params(params_file).run_configs()
+    summary = compare_models(configs, models_dir, metrics_dir, out_dir)
+    typer.echo(markdown_table(summary))
+    typer.echo(f"report: {out_dir / 'comparison.md'}, curves: {out_dir / 'learning_curves.png'}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,107 @@
+"""MLflow bookkeeping: where runs go, how a run is opened, resumed and filled.
+
+The embedded default is `sqlite:///mlflow.db` (MLflow 3's own default). A relative SQLite path is
+resolved against the project root, not the working directory, and its artifacts go beside it in
+`mlartifacts/`, so every stage (and `make ui`) sees one store wherever it runs from.
+"""
+
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fashion_mlp.errors import PipelineError
+
+SQLITE_PREFIX = "sqlite:///"
+
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    uri: str
+    experiment: str
+
+    @property
+    def artifact_location(self) -> str | None:
+        """Artifacts of a local SQLite store live beside the database; a server decides its own."""
+        if not self.uri.startswith(SQLITE_PREFIX):
+            return None
+        return (Path(self.uri.removeprefix(SQLITE_PREFIX)).parent / "mlartifacts").as_uri()
+
+
+def resolve_tracking_uri(uri: str, root: Path) -> str:
+    """Make a relative `sqlite:///file.db` absolute against `root`; leave other URIs alone."""
+    if uri.startswith(SQLITE_PREFIX):
+        path = Path(uri.removeprefix(SQLITE_PREFIX))
+        if not path.is_absolute():
+            return SQLITE_PREFIX + str((Path(root) / path).resolve())
+    return uri
+
+
+def git_commit(root: Path) -> str | None:
+    """The commit the code runs from, or None outside a git checkout."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return result.stdout.strip()
+
+
+def _connect(target: TrackingTarget) -> str:
+    """Point MLflow at the store and return the experiment id, creating the experiment once."""
+    import mlflow
+
+    mlflow.set_tracking_uri(target.uri)
+    try:
+        experiment = mlflow.get_experiment_by_name(target.experiment)
+        if experiment is not None:
+            return experiment.experiment_id
+        return mlflow.create_experiment(
+            target.experiment, artifact_location=target.artifact_location
+        )
+    except Exception as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise PipelineError(f"MLflow tracking store {target.uri}: {reason}") from None
+
+
+@contextmanager
+def start_run(
+    target: TrackingTarget, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]
+) -> Iterator[Any]:
+    """A new run in the target experiment, ended FINISHED, FAILED on an error, KILLED on Ctrl-C."""
+    import mlflow
+
+    experiment_id = _connect(target)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags)) as run:
+        try:
+            mlflow.log_params(dict(params))
+            yield run
+        except KeyboardInterrupt:
+            mlflow.end_run("KILLED")  # MLflow alone would call an interrupted run FAILED
+            raise
+
+
+@contextmanager
+def resume_run(target: TrackingTarget, run_id: str) -> Iterator[Any]:
+    """Reopen an earlier run (train's) so evaluation lands beside the training curves."""
+    import mlflow
+
+    _connect(target)
+    try:
+        mlflow.get_run(run_id)
+    except Exception:
+        raise PipelineError(
+            f"MLflow run {run_id} not found in {target.uri}; retrain to create it "
+            "(`dvc repro --force train@MODEL`)"
+        ) from None
+    with mlflow.start_run(run_id=run_id) as run:
+        yield run
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    import mlflow
+
+    mlflow.log_metrics(dict(metrics), step=step)
