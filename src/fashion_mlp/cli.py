@@ -5,13 +5,13 @@ each command so `fashion-mlp --help` starts without loading torch or MLflow. A P
 printed as one line (`--verbose` shows the traceback) with exit code 1.
 """
 
+import contextvars
 import functools
 import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import click
 import typer
 
 from fashion_mlp.errors import PipelineError
@@ -34,6 +34,8 @@ app = typer.Typer(
 )
 
 Command = TypeVar("Command", bound=Callable[..., Any])
+# Set by the --verbose option of the app callback, read by friendly_errors.
+show_tracebacks = contextvars.ContextVar("show_tracebacks", default=False)
 ParamsOption = Annotated[Path, typer.Option("--params", help="params file (YAML)")]
 ModelArgument = Annotated[str, typer.Argument(help="model name, a key under `models` in params")]
 TrackingUriOption = Annotated[
@@ -66,6 +68,7 @@ def main(
     # SIGTERM (from `kill`, a CI timeout, DVC's queue) unwinds like Ctrl-C, so atomic writes
     # clean up and the MLflow run is marked KILLED rather than left RUNNING.
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    show_tracebacks.set(verbose)
 
 
 def friendly_errors(command: Command) -> Command:
@@ -76,7 +79,7 @@ def friendly_errors(command: Command) -> Command:
         try:
             return command(*args, **kwargs)
         except PipelineError as err:
-            if click.get_current_context().find_root().params.get("verbose"):
+            if show_tracebacks.get():
                 raise
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(1) from None

@@ -1,0 +1,104 @@
+"""evaluate and compare, run through the CLI after a real (tiny) training run."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import declared_params, write_params
+from fashion_mlp.cli import app
+from fashion_mlp.evaluate import confusion_matrix
+from fashion_mlp.preprocess import CLASS_NAMES, preprocess
+
+
+def test_confusion_matrix_matches_pandas_crosstab():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (500,), generator=generator)
+    predictions = torch.randint(0, 10, (500,), generator=generator)
+    reference = pd.crosstab(labels.numpy(), predictions.numpy()).reindex(
+        index=range(10), columns=range(10), fill_value=0
+    )
+    assert confusion_matrix(labels, predictions).tolist() == reference.to_numpy().tolist()
+
+
+@pytest.fixture
+def trained(workdir, params):
+    """Both tiny models trained through the CLI, each with only its declared params."""
+    preprocess(params["data"]["local_dir"], workdir / "data/processed")
+    for model in ("mlp1", "mlp2"):
+        write_params(workdir / "params.yaml", declared_params(params, "train", model))
+        result = CliRunner().invoke(app, ["train", model, "--no-progress"])
+        assert result.exit_code == 0, result.output
+    return workdir
+
+
+def evaluate(workdir, params, model):
+    write_params(workdir / "params.yaml", declared_params(params, "evaluate", model))
+    return CliRunner().invoke(app, ["evaluate", model])
+
+
+def test_evaluate_writes_metrics_pictures_and_logs_into_the_train_run(trained, params):
+    import mlflow
+
+    result = evaluate(trained, params, "mlp1")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((trained / "metrics/mlp1.json").read_text())
+    assert set(metrics) == {"test_acc", "test_loss", "per_class_acc"}
+    assert list(metrics["per_class_acc"]) == list(CLASS_NAMES)
+    history = pd.read_csv(trained / "models/mlp1/history.csv")
+    assert metrics["test_acc"] == pytest.approx(history["test_acc"].iloc[-1])
+    matrix = pd.read_csv(trained / "evaluation/mlp1/confusion_matrix.csv", index_col=0)
+    assert matrix.to_numpy().sum() == 100
+    assert (trained / "evaluation/mlp1/confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+
+    run_id = json.loads((trained / "models/mlp1/run.json").read_text())["run_id"]
+    mlflow.set_tracking_uri(params["mlflow"]["tracking_uri"])
+    run = mlflow.get_run(run_id)
+    assert run.data.metrics["final_test_acc"] == pytest.approx(metrics["test_acc"])
+    assert "class_acc.t_shirt_top" in run.data.metrics
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "evaluation")}
+    assert artifacts == {
+        "evaluation/mlp1.json",
+        "evaluation/confusion_matrix.csv",
+        "evaluation/confusion_matrix.png",
+    }
+    runs = mlflow.search_runs(experiment_names=[params["mlflow"]["experiment"]])
+    assert sorted(runs["tags.mlflow.runName"]) == ["mlp1", "mlp2"]
+
+
+def test_evaluate_with_a_run_missing_from_the_store_fails_before_writing(trained, params):
+    (trained / "models/mlp1/run.json").write_text(json.dumps({"run_id": "0" * 32}))
+    result = evaluate(trained, params, "mlp1")
+    assert result.exit_code == 1
+    assert f"MLflow run {'0' * 32} not found" in result.stderr
+    assert not (trained / "metrics").exists()
+
+
+def test_compare_writes_the_table_and_the_curves(trained, params):
+    for model in ("mlp1", "mlp2"):
+        assert evaluate(trained, params, model).exit_code == 0
+    write_params(trained / "params.yaml", declared_params(params, "compare"))
+    result = CliRunner().invoke(app, ["compare"])
+    assert result.exit_code == 0, result.output
+    report = (trained / "reports/comparison.md").read_text()
+    for model in ("mlp1", "mlp2"):
+        metrics = json.loads((trained / f"metrics/{model}.json").read_text())
+        test_acc = f"{metrics['test_acc']:.4f}"
+        assert any(
+            line.startswith(f"| {model} |") and test_acc in line for line in report.splitlines()
+        )
+    per_epoch = report.split("## Per epoch")[1]
+    assert (
+        "| epoch | mlp1 train loss | mlp1 train accuracy | mlp1 test accuracy | mlp2" in per_epoch
+    )
+    assert len([line for line in per_epoch.splitlines() if line.startswith("| 2 |")]) == 1
+    assert (trained / "reports/learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_names_the_missing_file(trained, params):
+    write_params(trained / "params.yaml", declared_params(params, "compare"))
+    result = CliRunner().invoke(app, ["compare"])
+    assert result.exit_code == 1
+    assert "metrics/mlp1.json: not found; run `dvc repro`" in result.stderr

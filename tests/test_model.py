@@ -1,0 +1,69 @@
+"""The MLP: d2l's architecture and init, checked against plain matrix arithmetic."""
+
+import pytest
+import torch
+from torch import nn
+
+from fashion_mlp.errors import PipelineError
+from fashion_mlp.model import build_mlp, load_checkpoint, save_checkpoint
+from fashion_mlp.params import ModelSpec
+
+
+def test_layers_follow_the_spec():
+    model = build_mlp(ModelSpec(hidden=[256, 128], activation="tanh"), 0.01, torch.Generator())
+    kinds = [type(layer) for layer in model]
+    assert kinds == [nn.Flatten, nn.Linear, nn.Tanh, nn.Linear, nn.Tanh, nn.Linear]
+    shapes = [tuple(layer.weight.shape) for layer in model if isinstance(layer, nn.Linear)]
+    assert shapes == [(256, 784), (128, 256), (10, 128)]
+
+
+def test_weights_are_normal_with_init_std_and_biases_zero():
+    model = build_mlp(ModelSpec(hidden=[256], activation="relu"), 0.01, torch.Generator())
+    weights = model[1].weight
+    assert weights.std().item() == pytest.approx(0.01, rel=0.02)
+    assert weights.mean().item() == pytest.approx(0.0, abs=5e-4)
+    assert all(torch.count_nonzero(layer.bias) == 0 for layer in model if hasattr(layer, "bias"))
+
+
+def test_forward_equals_the_d2l_formula():
+    """H = relu(X W1^T + b1), O = H W2^T + b2, computed by hand."""
+    model = build_mlp(ModelSpec(hidden=[32], activation="relu"), 0.1, torch.Generator())
+    x = torch.rand(4, 28, 28)
+    w1, b1, w2, b2 = model[1].weight, model[1].bias, model[3].weight, model[3].bias
+    expected = torch.relu(x.reshape(4, -1) @ w1.T + b1) @ w2.T + b2
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_same_seed_same_weights_other_seed_other_weights():
+    spec = ModelSpec(hidden=[64], activation="relu")
+    first = build_mlp(spec, 0.01, torch.Generator().manual_seed(3))
+    second = build_mlp(spec, 0.01, torch.Generator().manual_seed(3))
+    third = build_mlp(spec, 0.01, torch.Generator().manual_seed(4))
+    assert torch.equal(first[1].weight, second[1].weight)
+    assert not torch.equal(first[1].weight, third[1].weight)
+
+
+def test_checkpoint_rebuilds_the_model_without_params(tmp_path):
+    spec = ModelSpec(hidden=[16, 8], activation="sigmoid")
+    model = build_mlp(spec, 0.05, torch.Generator().manual_seed(0))
+    save_checkpoint(model, spec, tmp_path / "model.pt")
+    loaded, loaded_spec = load_checkpoint(tmp_path / "model.pt")
+    assert loaded_spec == spec
+    x = torch.rand(3, 28, 28)
+    torch.testing.assert_close(loaded(x), model(x))
+
+
+class _CreatesFileWhenUnpickled:
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_foreign_pickle_is_refused_and_never_executed(tmp_path):
+    marker = tmp_path / "executed"
+    torch.save({"payload": _CreatesFileWhenUnpickled(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(PipelineError, match="not a fashion-mlp checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()

@@ -1,0 +1,133 @@
+"""train: the loop learns, is deterministic, stops on divergence, and tracks everything."""
+
+import csv
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import declared_params, write_params
+from fashion_mlp.cli import app
+from fashion_mlp.errors import PipelineError
+from fashion_mlp.model import build_mlp, load_checkpoint
+from fashion_mlp.params import ModelSpec, TrainParams
+from fashion_mlp.preprocess import Split, preprocess
+from fashion_mlp.train import METRIC_KEYS, fit
+
+SPEC = ModelSpec(hidden=[32], activation="relu")
+
+
+def train_params(**overrides) -> TrainParams:
+    values = dict(
+        epochs=3,
+        batch_size=32,
+        lr=0.5,
+        optimizer="sgd",
+        momentum=0.0,
+        weight_decay=0.0,
+        init_std=0.01,
+        seed=0,
+    )
+    return TrainParams(**(values | overrides))
+
+
+@pytest.fixture
+def splits(tmp_path, synthetic_raw) -> tuple[Split, Split]:
+    source, _ = synthetic_raw
+    data = preprocess(source, tmp_path / "processed")
+    return data["train"], data["test"]
+
+
+def run_fit(splits, params, **callbacks):
+    generator = torch.Generator().manual_seed(params.seed)
+    model = build_mlp(SPEC, params.init_std, generator)
+    return model, fit(model, *splits, params, generator, **callbacks)
+
+
+def test_loss_falls_when_overfitting_one_small_batch():
+    images = torch.randint(0, 256, (32, 28, 28), dtype=torch.uint8)
+    batch = Split(images=images, labels=torch.arange(32) % 10)
+    _, history = run_fit((batch, batch), train_params(epochs=100, lr=0.1, init_std=0.1))
+    assert history[-1]["train_loss"] < 0.1 * history[0]["train_loss"]
+    assert history[-1]["train_acc"] == 1.0
+
+
+def test_learns_the_synthetic_classes_and_reports_every_metric(splits):
+    _, history = run_fit(splits, train_params(epochs=5))
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5]
+    assert all(set(row) == {"epoch", *METRIC_KEYS} for row in history)
+    assert history[-1]["test_acc"] >= 0.9
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_same_seed_gives_identical_weights_and_metrics(splits, optimizer):
+    params = train_params(optimizer=optimizer, lr=0.01 if optimizer == "adam" else 0.5)
+    first_model, first = run_fit(splits, params)
+    second_model, second = run_fit(splits, params)
+    strip = [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in first]
+    assert strip == [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in second]
+    for a, b in zip(first_model.parameters(), second_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    _, other_seed = run_fit(splits, train_params(optimizer=optimizer, seed=1, lr=params.lr))
+    assert other_seed[0]["train_loss"] != first[0]["train_loss"]
+
+
+def test_divergence_stops_naming_the_epoch_and_logs_no_nan(splits):
+    seen = []
+    with pytest.raises(PipelineError, match=r"training diverged in epoch 1: train loss is nan"):
+        run_fit(splits, train_params(lr=1e9, init_std=1.0), on_epoch_end=seen.append)
+    assert seen == []
+
+
+def test_cli_train_writes_outputs_and_tracks_the_run_in_mlflow(workdir, params):
+    import mlflow
+
+    params["models"]["mlp2"]["lr"] = 0.25
+    write_params(workdir / "params.yaml", declared_params(params, "train", "mlp2"))
+    preprocess(params["data"]["local_dir"], workdir / "data/processed")
+    result = CliRunner().invoke(
+        app, ["train", "mlp2", "--no-progress"], env={"DVC_STAGE": "train@mlp2"}
+    )
+    assert result.exit_code == 0, result.output
+    assert "mlp2: test accuracy" in result.output
+
+    out = workdir / "models" / "mlp2"
+    model, spec = load_checkpoint(out / "model.pt")
+    assert spec.hidden == [32, 16]
+    with (out / "history.csv").open() as stream:
+        rows = list(csv.DictReader(stream))
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    assert list(rows[0]) == ["epoch", *METRIC_KEYS]
+
+    run_id = json.loads((out / "run.json").read_text())["run_id"]
+    mlflow.set_tracking_uri(params["mlflow"]["tracking_uri"])
+    run = mlflow.get_run(run_id)
+    assert run.info.run_name == "mlp2" and run.info.status == "FINISHED"
+    assert run.data.params["lr"] == "0.25" and run.data.params["hidden"] == "32,16"
+    assert set(run.data.params) == {
+        "model",
+        "hidden",
+        "activation",
+        *TrainParams.model_fields,
+    }
+    assert run.data.tags["dvc_stage"] == "train@mlp2"
+    assert len(run.data.tags["data_md5"]) == 32
+    client = mlflow.MlflowClient()
+    for key in METRIC_KEYS:
+        steps = [m.step for m in client.get_metric_history(run_id, key)]
+        assert sorted(steps) == [1, 2], key
+    final = client.get_metric_history(run_id, "test_acc")[-1].value
+    assert final == pytest.approx(float(rows[-1]["test_acc"]))
+    logged = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    x = torch.rand(2, 28, 28)
+    torch.testing.assert_close(logged(x), model(x))
+
+
+def test_cli_train_unknown_model_fails_before_any_work(workdir, params):
+    write_params(workdir / "params.yaml", params)
+    result = CliRunner().invoke(app, ["train", "mlp9"])
+    assert result.exit_code == 1
+    assert "no model 'mlp9' under models; known: mlp1, mlp2" in result.stderr
+    assert not (workdir / "models").exists()
