@@ -82,17 +82,17 @@ def test_full_repro_tracks_both_models_in_one_store(reproduced):
     mlflow.set_tracking_uri(f"sqlite:///{reproduced / 'mlflow.db'}")
     client = mlflow.MlflowClient()
     runs = mlflow.search_runs(experiment_names=["fashion-mlp"], output_format="list")
-    assert sorted(run.info.run_name for run in runs) == ["mlp1", "mlp2"]
-    for run in runs:
-        name = run.info.run_name
-        assert run.data.tags["dvc_stage"] == f"train@{name}"
+    assert sorted(tracked.info.run_name for tracked in runs) == ["mlp1", "mlp2"]
+    for tracked in runs:
+        name = tracked.info.run_name
+        assert tracked.data.tags["dvc_stage"] == f"train@{name}"
         for key in ("train_loss", "train_acc", "test_acc", "epoch_seconds"):
-            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2]
+            assert [m.step for m in client.get_metric_history(tracked.info.run_id, key)] == [1, 2]
         assert json.loads((reproduced / f"models/{name}/run.json").read_text())["run_id"] == (
-            run.info.run_id
+            tracked.info.run_id
         )
-        assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"evaluation"}
-        assert mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model") is not None
+        assert {a.path for a in client.list_artifacts(tracked.info.run_id)} >= {"evaluation"}
+        assert mlflow.pytorch.load_model(f"runs:/{tracked.info.run_id}/model") is not None
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], reproduced))
     shown = metrics[""]["data"]
     assert {"metrics/mlp1.json", "metrics/mlp2.json"} <= set(shown)
