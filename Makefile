@@ -6,7 +6,7 @@ export PATH := $(BIN):$(PATH)
 DATASET_DIR := /usr/share/datasets/fashion-mnist
 MLFLOW_PORT ?= 5000
 
-.PHONY: help install data repro test lint format ui clean
+.PHONY: help install data repro results test lint format ui clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ data: ## install Debian's dataset-fashion-mnist if possible (else `download` use
 
 repro: install data ## run the whole pipeline (dvc repro)
 	dvc repro
+
+results: repro ## dvc repro, then refresh README.md's results table from the metrics
+	fashion-mlp compare --readme README.md
 
 test: install data ## run the test suite (what CI runs)
 	pytest

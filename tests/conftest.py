@@ -118,6 +118,32 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
+@pytest.fixture
+def trained(workdir, params):
+    """Both tiny models trained through the CLI, each with only its declared params."""
+    from typer.testing import CliRunner
+
+    from fashion_mlp.cli import app
+    from fashion_mlp.preprocess import preprocess
+
+    preprocess(params["data"]["local_dir"], workdir / "data/processed")
+    for model in ("mlp1", "mlp2"):
+        write_params(workdir / "params.yaml", declared_params(params, "train", model))
+        result = CliRunner().invoke(app, ["train", model, "--no-progress"])
+        assert result.exit_code == 0, result.output
+    return workdir
+
+
+def evaluate(workdir: Path, params: dict, model: str):
+    """Run `fashion-mlp evaluate MODEL` with only its declared params; return the result."""
+    from typer.testing import CliRunner
+
+    from fashion_mlp.cli import app
+
+    write_params(workdir / "params.yaml", declared_params(params, "evaluate", model))
+    return CliRunner().invoke(app, ["evaluate", model])
+
+
 def real_data_or_skip() -> Path:
     """The real files, or a skip with the reason; under CI a missing source is a failure."""
     if all((REAL_DATA_DIR / name).exists() for name in RAW_FILES.values()):

@@ -62,7 +62,7 @@ def reproduced(tmp_path_factory) -> Path:
         base / "project", tiny_params(base / "source", checksums, "sqlite:///mlflow.db")
     )
     output = run(["dvc", "repro"], project)
-    expected = {"download", "preprocess", "compare"}
+    expected = {"download", "preprocess", "activations", "compare", "register"}
     expected |= {
         f"{stage}@{model}" for stage in ("train", "evaluate") for model in ("mlp1", "mlp2")
     }
@@ -109,7 +109,12 @@ def test_changing_one_models_architecture_retrains_only_that_model(project):
     status = run(["dvc", "status"], project)
     assert "train@mlp2" in status
     assert "train@mlp1" not in status and "evaluate@mlp1" not in status
-    assert stages_run(run(["dvc", "repro"], project)) == {"train@mlp2", "evaluate@mlp2", "compare"}
+    assert stages_run(run(["dvc", "repro"], project)) == {
+        "train@mlp2",
+        "evaluate@mlp2",
+        "compare",
+        "register",
+    }
 
 
 def test_changing_a_shared_train_param_retrains_both(project):
@@ -122,12 +127,18 @@ def test_changing_a_shared_train_param_retrains_both(project):
         "evaluate@mlp1",
         "evaluate@mlp2",
         "compare",
+        "register",
     }
 
 
 def test_a_new_models_entry_adds_its_stages_without_touching_dvc_yaml(project):
     edit_params(project, lambda p: p["models"].update(mlp3={"hidden": [48], "activation": "tanh"}))
-    assert stages_run(run(["dvc", "repro"], project)) == {"train@mlp3", "evaluate@mlp3", "compare"}
+    assert stages_run(run(["dvc", "repro"], project)) == {
+        "train@mlp3",
+        "evaluate@mlp3",
+        "compare",
+        "register",
+    }
     report = (project / "reports/comparison.md").read_text()
     assert "| mlp3 | 784-48-10 tanh |" in report
 
@@ -138,6 +149,7 @@ def test_real_data_end_to_end(tmp_path):
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     params["data"]["local_dir"] = str(source)
     params["train"]["epochs"] = 2
+    params["models"] = {name: params["models"][name] for name in ("mlp1", "mlp2")}
     project = make_project(tmp_path / "project", params)
     run(["dvc", "repro"], project)
     accuracy = {

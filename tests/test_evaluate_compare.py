@@ -7,10 +7,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import declared_params, write_params
+from conftest import declared_params, evaluate, write_params
 from fashion_mlp.cli import app
 from fashion_mlp.evaluate import confusion_matrix
-from fashion_mlp.preprocess import CLASS_NAMES, preprocess
+from fashion_mlp.preprocess import CLASS_NAMES
 
 
 def test_confusion_matrix_matches_pandas_crosstab():
@@ -21,22 +21,6 @@ def test_confusion_matrix_matches_pandas_crosstab():
         index=range(10), columns=range(10), fill_value=0
     )
     assert confusion_matrix(labels, predictions).tolist() == reference.to_numpy().tolist()
-
-
-@pytest.fixture
-def trained(workdir, params):
-    """Both tiny models trained through the CLI, each with only its declared params."""
-    preprocess(params["data"]["local_dir"], workdir / "data/processed")
-    for model in ("mlp1", "mlp2"):
-        write_params(workdir / "params.yaml", declared_params(params, "train", model))
-        result = CliRunner().invoke(app, ["train", model, "--no-progress"])
-        assert result.exit_code == 0, result.output
-    return workdir
-
-
-def evaluate(workdir, params, model):
-    write_params(workdir / "params.yaml", declared_params(params, "evaluate", model))
-    return CliRunner().invoke(app, ["evaluate", model])
 
 
 def test_evaluate_writes_metrics_pictures_and_logs_into_the_train_run(trained, params):
@@ -102,3 +86,20 @@ def test_compare_names_the_missing_file(trained, params):
     result = CliRunner().invoke(app, ["compare"])
     assert result.exit_code == 1
     assert "metrics/mlp1.json: not found; run `dvc repro`" in result.stderr
+
+
+def test_compare_refreshes_the_readme_table_between_its_markers(trained, params):
+    from fashion_mlp.compare import README_END, README_START
+
+    for model in ("mlp1", "mlp2"):
+        assert evaluate(trained, params, model).exit_code == 0
+    readme = trained / "README.md"
+    readme.write_text(f"# Title\n\n{README_START}\nold table\n{README_END}\n\nMore text.\n")
+    write_params(trained / "params.yaml", declared_params(params, "compare"))
+    result = CliRunner().invoke(app, ["compare", "--readme", str(readme)])
+    assert result.exit_code == 0, result.output
+    text = readme.read_text()
+    assert "old table" not in text and text.endswith("More text.\n")
+    table = text.split(README_START)[1].split(README_END)[0]
+    mlp1_acc = json.loads((trained / "metrics/mlp1.json").read_text())["test_acc"]
+    assert f"| mlp1 | 784-32-10 relu | sgd | 0.5000 | 2 | {mlp1_acc:.4f} |" in table

@@ -17,6 +17,16 @@ def test_layers_follow_the_spec():
     assert shapes == [(256, 784), (128, 256), (10, 128)]
 
 
+def test_dropout_follows_each_hidden_activation_and_is_off_in_eval():
+    spec = ModelSpec(hidden=[64, 32], activation="relu", dropout=0.5)
+    model = build_mlp(spec, 0.01, torch.Generator())
+    kinds = [type(layer).__name__ for layer in model]
+    assert kinds == ["Flatten", "Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+    x = torch.rand(8, 28, 28)
+    model.eval()
+    torch.testing.assert_close(model(x), model(x))
+
+
 def test_weights_are_normal_with_init_std_and_biases_zero():
     model = build_mlp(ModelSpec(hidden=[256], activation="relu"), 0.01, torch.Generator())
     weights = model[1].weight

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from fashion_mlp.errors import PipelineError
 from fashion_mlp.model import build_mlp, load_checkpoint
 from fashion_mlp.params import ModelSpec, TrainParams
 from fashion_mlp.preprocess import Split, preprocess
-from fashion_mlp.train import METRIC_KEYS, fit
+from fashion_mlp.train import METRIC_KEYS, fit, make_optimizer, make_schedule
 
 SPEC = ModelSpec(hidden=[32], activation="relu")
 
@@ -26,6 +27,7 @@ def train_params(**overrides) -> TrainParams:
         optimizer="sgd",
         momentum=0.0,
         weight_decay=0.0,
+        lr_schedule="constant",
         init_std=0.01,
         seed=0,
     )
@@ -74,6 +76,21 @@ def test_same_seed_gives_identical_weights_and_metrics(splits, optimizer):
     assert other_seed[0]["train_loss"] != first[0]["train_loss"]
 
 
+def test_cosine_schedule_decays_the_learning_rate_to_zero():
+    params = train_params(lr_schedule="cosine", epochs=4)
+    optimizer = make_optimizer(build_mlp(SPEC, 0.01, torch.Generator()), params)
+    schedule = make_schedule(optimizer, params)
+    rates = []
+    for _ in range(params.epochs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    expected = [0.5 * (1 + math.cos(math.pi * epoch / 4)) / 2 for epoch in range(4)]
+    assert rates == pytest.approx(expected)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0)
+    assert make_schedule(optimizer, train_params()) is None
+
+
 def test_divergence_stops_naming_the_epoch_and_logs_no_nan(splits):
     seen = []
     with pytest.raises(PipelineError, match=r"training diverged in epoch 1: train loss is nan"):
@@ -110,6 +127,7 @@ def test_cli_train_writes_outputs_and_tracks_the_run_in_mlflow(workdir, params):
         "model",
         "hidden",
         "activation",
+        "dropout",
         *TrainParams.model_fields,
     }
     assert run.data.tags["dvc_stage"] == "train@mlp2"

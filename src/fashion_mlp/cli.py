@@ -205,6 +205,10 @@ def compare(
     models_dir: Annotated[Path, typer.Option(help="trained models")] = MODELS_DIR,
     metrics_dir: Annotated[Path, typer.Option(help="evaluation metrics")] = METRICS_DIR,
     out_dir: Annotated[Path, typer.Option(help="where the report goes")] = REPORTS_DIR,
+    readme: Annotated[
+        Path | None,
+        typer.Option(help="also refresh this file's results table (between its markers)"),
+    ] = None,
 ) -> None:
     """Compare all models of params `models`: a Markdown table and learning curves."""
     from fashion_mlp.compare import compare as compare_models
@@ -212,9 +216,80 @@ def compare(
     from fashion_mlp.params import load_params
 
     configs = load_params(params_file).run_configs()
-    summary = compare_models(configs, models_dir, metrics_dir, out_dir)
+    summary = compare_models(configs, models_dir, metrics_dir, out_dir, readme)
     typer.echo(markdown_table(summary))
     typer.echo(f"report: {out_dir / 'comparison.md'}, curves: {out_dir / 'learning_curves.png'}")
+
+
+@app.command()
+@friendly_errors
+def register(
+    params_file: ParamsOption = PARAMS_FILE,
+    models_dir: Annotated[Path, typer.Option(help="trained models")] = MODELS_DIR,
+    metrics_dir: Annotated[Path, typer.Option(help="evaluation metrics")] = METRICS_DIR,
+    out: Annotated[Path, typer.Option(help="champion summary")] = REPORTS_DIR / "champion.json",
+    tracking_uri: TrackingUriOption = None,
+    root: RootOption = None,
+) -> None:
+    """Register the most accurate model in the MLflow registry with the alias `champion`."""
+    from fashion_mlp.params import load_params
+    from fashion_mlp.register import register_champion
+
+    names = load_params(params_file).model_names
+    target = _tracking_target(params_file, tracking_uri, root)
+    champion = register_champion(names, models_dir, metrics_dir, out, target)
+    typer.echo(
+        f"{champion['uri']} -> {champion['model']} (version {champion['version']}, "
+        f"test accuracy {champion['test_acc']:.4f})"
+    )
+
+
+@app.command()
+@friendly_errors
+def predict(
+    paths: Annotated[list[Path], typer.Argument(help="28x28 grayscale PNGs or IDX image files")],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="MLflow model URI or checkpoint path; default: models:/EXPERIMENT@champion",
+            show_default=False,
+        ),
+    ] = None,
+    top: Annotated[int, typer.Option(min=1, max=10, help="classes shown per image")] = 3,
+    limit: Annotated[int, typer.Option(min=1, help="images shown per IDX file")] = 10,
+    params_file: ParamsOption = PARAMS_FILE,
+    tracking_uri: TrackingUriOption = None,
+    root: RootOption = None,
+) -> None:
+    """Classify images and print the most likely classes with their probabilities."""
+    from fashion_mlp.predict import class_probabilities, load_model, read_images
+    from fashion_mlp.preprocess import CLASS_NAMES
+    from fashion_mlp.register import champion_uri
+
+    batches = {path: read_images(path)[:limit] for path in paths}
+    target = _tracking_target(params_file, tracking_uri, root)
+    network = load_model(model or champion_uri(target.experiment), target)
+    for path, images in batches.items():
+        probabilities = class_probabilities(network, images)
+        for index, row in enumerate(probabilities):
+            best = row.topk(top)
+            ranked = ", ".join(
+                f"{CLASS_NAMES[c]} {p:.3f}" for p, c in zip(best.values, best.indices, strict=True)
+            )
+            label = f"{path}[{index}]" if len(images) > 1 else str(path)
+            typer.echo(f"{label}: {ranked}")
+
+
+@app.command()
+@friendly_errors
+def activations(
+    out: Annotated[Path, typer.Option(help="the figure")] = REPORTS_DIR / "activations.png",
+) -> None:
+    """Plot ReLU, sigmoid and tanh with their autograd derivatives."""
+    from fashion_mlp.activations import plot_activations
+
+    plot_activations(out)
+    typer.echo(f"figure: {out}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from fashion_mlp.train import read_history
 
 # Test accuracy after 10 epochs in d2l's MLP chapter (SGD lr 0.1, batch 256, normal(0, 0.01)).
 D2L_REFERENCE_TEST_ACC = {"784-256-10 relu": 0.855, "784-256-128-10 relu": 0.827}
+README_START = "<!-- results:start (written by `fashion-mlp compare --readme README.md`) -->"
+README_END = "<!-- results:end -->"
 CURVES = {"train_loss": "train loss", "train_acc": "train accuracy", "test_acc": "test accuracy"}
 
 
@@ -115,12 +117,30 @@ def plot_learning_curves(history: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def update_readme(readme: Path, summary: pd.DataFrame) -> None:
+    """Replace the README's results table (between the markers) with `summary`."""
+    text = Path(readme).read_text()
+    if README_START not in text or README_END not in text:
+        raise PipelineError(f"{readme}: no {README_START} ... {README_END} markers to fill")
+    before, rest = text.split(README_START, 1)
+    after = rest.split(README_END, 1)[1]
+    table = markdown_table(summary.drop(columns=["seconds_per_epoch"]))
+    write_text_atomic(Path(readme), f"{before}{README_START}\n{table}\n{README_END}{after}")
+
+
 def compare(
-    configs: list[RunConfig], models_dir: Path, metrics_dir: Path, out_dir: Path
+    configs: list[RunConfig],
+    models_dir: Path,
+    metrics_dir: Path,
+    out_dir: Path,
+    readme: Path | None = None,
 ) -> pd.DataFrame:
-    """Write the comparison report and learning curves; return the summary table."""
+    """Write the comparison report and learning curves (and the README's results table if
+    `readme` is given); return the summary table."""
     summary, history = load_results(configs, models_dir, metrics_dir)
     out_dir = Path(out_dir)
     plot_learning_curves(history, out_dir / "learning_curves.png")
     write_text_atomic(out_dir / "comparison.md", comparison_report(summary, history))
+    if readme is not None:
+        update_readme(readme, summary)
     return summary

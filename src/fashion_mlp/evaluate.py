@@ -22,7 +22,7 @@ from fashion_mlp.atomic import atomic_path, write_text_atomic
 from fashion_mlp.model import NUM_CLASSES, load_checkpoint
 from fashion_mlp.preprocess import CLASS_NAMES, Split, load_split
 from fashion_mlp.tracking import TrackingTarget
-from fashion_mlp.train import as_inputs, predict_logits, read_run_id
+from fashion_mlp.train import as_inputs, predict_logits, read_run_info
 
 
 def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor) -> torch.Tensor:
@@ -87,7 +87,7 @@ def evaluate_model(
     import mlflow
 
     model, spec = load_checkpoint(Path(model_dir) / "model.pt")
-    run_id = read_run_id(model_dir)
+    run_id = read_run_info(model_dir)["run_id"]
     metrics, matrix = evaluate(model, load_split(data_dir, "test"))
 
     out_dir = Path(out_dir)

@@ -1,7 +1,8 @@
 """The MLP and its self-describing checkpoint.
 
-`build_mlp` makes Flatten, then Linear + activation for each hidden width, then a Linear to the
-10 classes, as in d2l's MLP chapter; weights ~ normal(0, init_std), biases zero. A checkpoint
+`build_mlp` makes Flatten, then Linear + activation (+ dropout, if set) for each hidden width,
+then a Linear to the 10 classes, as in d2l's MLP chapter; weights ~ normal(0, init_std), biases
+zero. A checkpoint
 stores the state dict with the architecture, so `evaluate` rebuilds the network without
 `params.yaml`, and loads with `weights_only=True`, so a foreign pickle is never executed.
 """
@@ -31,6 +32,8 @@ def build_mlp(spec: ModelSpec, init_std: float, generator: torch.Generator) -> n
         layers.append(linear)
         if index < len(sizes) - 2:
             layers.append(ACTIVATIONS[spec.activation]())
+            if spec.dropout:
+                layers.append(nn.Dropout(spec.dropout))
     return nn.Sequential(*layers)
 
 

@@ -61,6 +61,7 @@ class TrainParams(_Section):
     optimizer: Literal["sgd", "adam"]
     momentum: NonNegativeFloat = Field(lt=1)
     weight_decay: NonNegativeFloat
+    lr_schedule: Literal["constant", "cosine"]
     init_std: PositiveFloat
     seed: NonNegativeInt
 
@@ -70,10 +71,13 @@ class ModelSpec(_Section):
 
     hidden: list[PositiveInt] = Field(min_length=1)
     activation: Activation
+    # Optional, unlike every other key: the d2l nets have none, and they stay two-key entries.
+    dropout: NonNegativeFloat = Field(0.0, lt=1)
 
     def describe(self) -> str:
-        """Layer widths and activation, e.g. '784-256-128-10 relu'."""
-        return "-".join(map(str, [28 * 28, *self.hidden, 10])) + f" {self.activation}"
+        """Layer widths and activation, e.g. '784-256-128-10 relu' (+ dropout if any)."""
+        widths = "-".join(map(str, [28 * 28, *self.hidden, 10])) + f" {self.activation}"
+        return widths + (f" dropout {self.dropout:g}" if self.dropout else "")
 
 
 class MlflowParams(_Section):
@@ -93,7 +97,8 @@ class RunConfig:
     def flat(self) -> dict[str, Any]:
         """Every effective param as one flat mapping, as MLflow records them."""
         hidden = ",".join(str(width) for width in self.model.hidden)
-        return {"model": self.name, "hidden": hidden, "activation": self.model.activation} | (
+        architecture = {"hidden": hidden, "activation": self.model.activation}
+        return {"model": self.name, **architecture, "dropout": self.model.dropout} | (
             self.train.model_dump()
         )
 

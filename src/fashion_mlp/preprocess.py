@@ -35,6 +35,7 @@ CLASS_NAMES = (
     "Ankle boot",
 )
 SPLITS = ("train", "test")
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass(frozen=True)
@@ -47,13 +48,16 @@ class Split:
 
 
 def read_idx(path: Path) -> torch.Tensor:
-    """Decode one gzip IDX file with torchvision's reader; PipelineError naming it if malformed."""
+    """Decode one IDX file (gzip or plain) with torchvision's reader; PipelineError if malformed."""
     from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 
     try:
+        with open(path, "rb") as stream:
+            content = stream.read()
+        if content[:2] == GZIP_MAGIC:
+            content = gzip.decompress(content)
         with tempfile.NamedTemporaryFile(suffix=".idx") as plain:
-            with gzip.open(path, "rb") as packed:
-                plain.write(packed.read())
+            plain.write(content)
             plain.flush()
             return read_sn3_pascalvincent_tensor(plain.name, strict=True)
     except FileNotFoundError:

@@ -50,7 +50,7 @@ def git_commit(root: Path) -> str | None:
     return result.stdout.strip()
 
 
-def _connect(target: TrackingTarget) -> str:
+def connect(target: TrackingTarget) -> str:
     """Point MLflow at the store and return the experiment id, creating the experiment once."""
     import mlflow
 
@@ -74,7 +74,7 @@ def start_run(
     """A new run in the target experiment, ended FINISHED, FAILED on an error, KILLED on Ctrl-C."""
     import mlflow
 
-    experiment_id = _connect(target)
+    experiment_id = connect(target)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags)) as run:
         try:
             mlflow.log_params(dict(params))
@@ -89,7 +89,7 @@ def resume_run(target: TrackingTarget, run_id: str) -> Iterator[Any]:
     """Reopen an earlier run (train's) so evaluation lands beside the training curves."""
     import mlflow
 
-    _connect(target)
+    connect(target)
     try:
         mlflow.get_run(run_id)
     except Exception:

@@ -51,6 +51,15 @@ def make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimiz
     )
 
 
+def make_schedule(
+    optimizer: torch.optim.Optimizer, params: TrainParams
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Per-epoch learning-rate schedule; cosine decays lr to zero over the run."""
+    if params.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=params.epochs)
+    return None
+
+
 def train_one_epoch(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -107,6 +116,7 @@ def fit(
     """
     train_inputs, test_inputs = as_inputs(train.images), as_inputs(test.images)
     optimizer = make_optimizer(model, params)
+    schedule = make_schedule(optimizer, params)
     history = []
     for epoch in range(1, params.epochs + 1):
         started = time.perf_counter()
@@ -127,6 +137,8 @@ def fit(
             "epoch_seconds": time.perf_counter() - started,
         }
         history.append(metrics)
+        if schedule is not None:
+            schedule.step()
         if on_epoch_end is not None:
             on_epoch_end(metrics)
     return history
@@ -147,10 +159,11 @@ def read_history(path: Path) -> list[EpochMetrics]:
         ]
 
 
-def read_run_id(model_dir: Path) -> str:
+def read_run_info(model_dir: Path) -> dict[str, str]:
+    """What train wrote to run.json: the MLflow `run_id` and the logged `model_uri`."""
     path = Path(model_dir) / "run.json"
     try:
-        return json.loads(path.read_text())["run_id"]
+        return json.loads(path.read_text())
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found; run `fashion-mlp train` first") from None
 
@@ -207,24 +220,24 @@ def train_model(
             on_epoch_end=on_epoch_end,
             on_batch_end=lambda: progress.advance(batches),
         )
-        _log_model(model, test)
+        model_uri = _log_model(model, test)
         out_dir = Path(out_dir)
         save_checkpoint(model, config.model, out_dir / "model.pt")
         write_history(history, out_dir / "history.csv")
-        run_info = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}
+        run_info = {"run_id": run.info.run_id, "model_uri": model_uri}
         write_text_atomic(out_dir / "run.json", json.dumps(run_info, indent=2) + "\n")
     return history
 
 
-def _log_model(model: nn.Module, test: Split) -> None:
-    """Log the model with a signature and a real input example (five test images)."""
+def _log_model(model: nn.Module, test: Split) -> str:
+    """Log the model with a signature and a real input example (five test images); its URI."""
     import mlflow
     from mlflow.models import infer_signature
 
     example = as_inputs(test.images[:5]).numpy()
     with torch.inference_mode():
         output = model.eval()(torch.from_numpy(example)).numpy()
-    mlflow.pytorch.log_model(
+    info = mlflow.pytorch.log_model(
         model,
         name="model",
         signature=infer_signature(example, output),
@@ -233,3 +246,4 @@ def _log_model(model: nn.Module, test: Split) -> None:
         # MLflow's requirement inference, a subprocess that costs ~7 s per logged model.
         pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
     )
+    return info.model_uri
