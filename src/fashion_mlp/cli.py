@@ -38,6 +38,8 @@ Command = TypeVar("Command", bound=Callable[..., Any])
 show_tracebacks = contextvars.ContextVar("show_tracebacks", default=False)
 ParamsOption = Annotated[Path, typer.Option("--params", help="params file (YAML)")]
 ModelArgument = Annotated[str, typer.Argument(help="model name, a key under `models` in params")]
+ModelsDirOption = Annotated[Path, typer.Option(help="trained models")]
+MetricsDirOption = Annotated[Path, typer.Option(help="evaluation metrics")]
 TrackingUriOption = Annotated[
     str | None,
     typer.Option(
@@ -90,13 +92,12 @@ def friendly_errors(command: Command) -> Command:
     return wrapper  # type: ignore[return-value]
 
 
-def _tracking_target(params_file: Path, tracking_uri: str | None, root: Path | None) -> Any:
-    from fashion_mlp.params import load_params
+def _tracking_target(params: Any, tracking_uri: str | None, root: Path | None) -> Any:
     from fashion_mlp.tracking import TrackingTarget, resolve_tracking_uri
 
-    settings = load_params(params_file).mlflow
+    settings = params.mlflow
     uri = tracking_uri or settings.tracking_uri
-    root = root or params_file.resolve().parent
+    root = root or params.source.resolve().parent
     return TrackingTarget(uri=resolve_tracking_uri(uri, root), experiment=settings.experiment)
 
 
@@ -147,8 +148,9 @@ def train(
     from fashion_mlp.tracking import git_commit
     from fashion_mlp.train import train_model
 
-    config = load_params(params_file).run_config(model)
-    target = _tracking_target(params_file, tracking_uri, root)
+    params = load_params(params_file)
+    config = params.run_config(model)
+    target = _tracking_target(params, tracking_uri, root)
     tags = {
         "git_commit": git_commit(params_file.resolve().parent),
         "dvc_stage": dvc_stage,
@@ -186,6 +188,7 @@ def evaluate(
 ) -> None:
     """Test accuracy, loss, per-class accuracy and confusion matrix, logged to the train run."""
     from fashion_mlp.evaluate import evaluate_model
+    from fashion_mlp.params import load_params
 
     metrics = evaluate_model(
         model,
@@ -193,7 +196,7 @@ def evaluate(
         data_dir,
         metrics_file or METRICS_DIR / f"{model}.json",
         out_dir or EVALUATION_DIR / model,
-        _tracking_target(params_file, tracking_uri, root),
+        _tracking_target(load_params(params_file), tracking_uri, root),
     )
     typer.echo(f"{model}: test accuracy {metrics['test_acc']:.4f}, loss {metrics['test_loss']:.4f}")
 
@@ -202,8 +205,8 @@ def evaluate(
 @friendly_errors
 def compare(
     params_file: ParamsOption = PARAMS_FILE,
-    models_dir: Annotated[Path, typer.Option(help="trained models")] = MODELS_DIR,
-    metrics_dir: Annotated[Path, typer.Option(help="evaluation metrics")] = METRICS_DIR,
+    models_dir: ModelsDirOption = MODELS_DIR,
+    metrics_dir: MetricsDirOption = METRICS_DIR,
     out_dir: Annotated[Path, typer.Option(help="where the report goes")] = REPORTS_DIR,
     readme: Annotated[
         Path | None,
@@ -225,8 +228,8 @@ def compare(
 @friendly_errors
 def register(
     params_file: ParamsOption = PARAMS_FILE,
-    models_dir: Annotated[Path, typer.Option(help="trained models")] = MODELS_DIR,
-    metrics_dir: Annotated[Path, typer.Option(help="evaluation metrics")] = METRICS_DIR,
+    models_dir: ModelsDirOption = MODELS_DIR,
+    metrics_dir: MetricsDirOption = METRICS_DIR,
     out: Annotated[Path, typer.Option(help="champion summary")] = REPORTS_DIR / "champion.json",
     tracking_uri: TrackingUriOption = None,
     root: RootOption = None,
@@ -235,8 +238,9 @@ def register(
     from fashion_mlp.params import load_params
     from fashion_mlp.register import register_champion
 
-    names = load_params(params_file).model_names
-    target = _tracking_target(params_file, tracking_uri, root)
+    params = load_params(params_file)
+    target = _tracking_target(params, tracking_uri, root)
+    names = params.model_names
     champion = register_champion(names, models_dir, metrics_dir, out, target)
     typer.echo(
         f"{champion['uri']} -> {champion['model']} (version {champion['version']}, "
@@ -262,12 +266,13 @@ def predict(
     root: RootOption = None,
 ) -> None:
     """Classify images and print the most likely classes with their probabilities."""
+    from fashion_mlp.params import load_params
     from fashion_mlp.predict import class_probabilities, load_model, read_images
     from fashion_mlp.preprocess import CLASS_NAMES
     from fashion_mlp.register import champion_uri
 
     batches = {path: read_images(path)[:limit] for path in paths}
-    target = _tracking_target(params_file, tracking_uri, root)
+    target = _tracking_target(load_params(params_file), tracking_uri, root)
     network = load_model(model or champion_uri(target.experiment), target)
     for path, images in batches.items():
         probabilities = class_probabilities(network, images)
