@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from fashion_mlp.errors import PipelineError
 from fashion_mlp.model import build_mlp, load_checkpoint
 from fashion_mlp.params import ModelSpec, TrainParams
 from fashion_mlp.preprocess import Split, preprocess
-from fashion_mlp.train import METRIC_KEYS, fit, make_optimizer, make_schedule
+from fashion_mlp.train import METRIC_KEYS, fit, make_optimizer, make_schedule, resolve_device
 
 SPEC = ModelSpec(hidden=[32], activation="relu")
 
@@ -30,6 +31,7 @@ def train_params(**overrides) -> TrainParams:
         lr_schedule="constant",
         init_std=0.01,
         seed=0,
+        device="cpu",
     )
     return TrainParams(**(values | overrides))
 
@@ -131,6 +133,7 @@ def test_cli_train_writes_outputs_and_tracks_the_run_in_mlflow(workdir, params):
         *TrainParams.model_fields,
     }
     assert run.data.tags["dvc_stage"] == "train@mlp2"
+    assert run.data.tags["torch_device"] == str(resolve_device("auto"))
     assert len(run.data.tags["data_md5"]) == 32
     client = mlflow.MlflowClient()
     for key in METRIC_KEYS:
@@ -149,3 +152,32 @@ def test_cli_train_unknown_model_fails_before_any_work(workdir, params):
     assert result.exit_code == 1
     assert "no model 'mlp9' under models; known: mlp1, mlp2" in result.stderr
     assert not (workdir / "models").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_device_auto_falls_back_to_cpu_and_cuda_without_a_gpu_is_refused():
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(PipelineError, match=r"train.device = 'cuda': no CUDA GPU is available"):
+        resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_the_gpu_learns_like_on_the_cpu(splits):
+    params = train_params(epochs=3)
+    _, on_cpu = run_fit(splits, params)
+    generator = torch.Generator().manual_seed(params.seed)
+    model = build_mlp(SPEC, params.init_std, generator).to(resolve_device("cuda"))
+    on_gpu = fit(model, *splits, params, generator)
+    assert on_gpu[-1]["test_acc"] == pytest.approx(on_cpu[-1]["test_acc"], abs=0.02)
+
+
+def test_cli_train_without_tracking_writes_the_model_but_no_run(workdir, params):
+    write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
+    preprocess(params["data"]["local_dir"], workdir / "data/processed")
+    result = CliRunner().invoke(app, ["train", "mlp1", "--no-progress", "--no-tracking"])
+    assert result.exit_code == 0, result.output
+    out = workdir / "models" / "mlp1"
+    assert sorted(path.name for path in out.iterdir()) == ["history.csv", "model.pt"]
+    store = params["mlflow"]["tracking_uri"].removeprefix("sqlite:///")
+    assert not Path(store).exists()

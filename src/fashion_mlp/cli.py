@@ -142,6 +142,10 @@ def train(
     dvc_stage: Annotated[str | None, typer.Option(envvar="DVC_STAGE", hidden=True)] = None,
     dvc_exp_name: Annotated[str | None, typer.Option(envvar="DVC_EXP_NAME", hidden=True)] = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    tracking: Annotated[
+        bool,
+        typer.Option(help="log to MLflow; --no-tracking also skips run.json (for benchmarks)"),
+    ] = True,
 ) -> None:
     """Train one MLP and record params, per-epoch metrics and the model in MLflow."""
     from fashion_mlp.params import load_params
@@ -150,7 +154,7 @@ def train(
 
     params = load_params(params_file)
     config = params.run_config(model)
-    target = _tracking_target(params, tracking_uri, root)
+    target = _tracking_target(params, tracking_uri, root) if tracking else None
     tags = {
         "git_commit": git_commit(params_file.resolve().parent),
         "dvc_stage": dvc_stage,

@@ -64,6 +64,7 @@ class TrainParams(_Section):
     lr_schedule: Literal["constant", "cosine"]
     init_std: PositiveFloat
     seed: NonNegativeInt
+    device: Literal["auto", "cpu", "cuda"]
 
 
 class ModelSpec(_Section):
