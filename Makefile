@@ -6,7 +6,7 @@ export PATH := $(BIN):$(PATH)
 DATASET_DIR := /usr/share/datasets/fashion-mnist
 MLFLOW_PORT ?= 5000
 
-.PHONY: help install data repro results test lint format ui clean
+.PHONY: help install data repro results test bench lint format ui clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ results: repro ## dvc repro, then refresh README.md's results table from the met
 
 test: install data ## run the test suite (what CI runs)
 	pytest
+
+bench: install ## benchmarks/run.py: trainer vs textbook loop vs compute floor, bookkeeping costs
+	python benchmarks/run.py
 
 lint: install ## ruff check and format check
 	ruff check .

@@ -1,0 +1,308 @@
+"""Benchmarks: our trainer against the textbook loop and the compute floor, and the bookkeeping.
+
+    make bench                  # = python benchmarks/run.py; about 3 minutes on 2 cores
+
+Needs the pipeline's data and params (`dvc repro preprocess` first). Prints one Markdown report
+and writes it to reports/benchmarks.md. Each figure is the median of several runs, with min and
+max. The machine is shared and noisy: the ratios, measured side by side, are the results.
+
+1. Textbook loop: torchvision FashionMNIST + ToTensor + DataLoader(256, shuffle) (textbook_loop.py)
+2. Our trainer: `fashion_mlp.train.fit`, the function the train stage runs
+3. Compute floor: the same forward, backward and SGD steps (and test forward) on preallocated
+   tensors of the same shapes, with no data handling at all
+4. Tracking: the train stage (`fashion-mlp train mlp1`) with MLflow vs with --no-tracking
+5. Pipeline: `dvc repro` with nothing to do; `fashion-mlp --help` vs bare `python -c pass`
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from itertools import pairwise
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from fashion_mlp.model import IN_FEATURES, NUM_CLASSES, build_mlp
+from fashion_mlp.params import ModelSpec, Params, load_params
+from fashion_mlp.preprocess import load_split
+from fashion_mlp.train import EVAL_BATCH_SIZE, fit, make_optimizer
+from textbook_loop import accuracy, make_loaders, torchvision_layout, train_epoch
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+MODELS = ("mlp1", "mlp2")
+
+
+@dataclass
+class Timing:
+    seconds: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    def cell(self) -> str:
+        return f"{self.median:.3f} [{min(self.seconds):.3f}-{max(self.seconds):.3f}]"
+
+
+def command_timing(command: list[str], repeats: int) -> Timing:
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+        seconds.append(time.perf_counter() - started)
+    return Timing(seconds)
+
+
+def epoch_flop(spec: ModelSpec, train_count: int, test_count: int, batch_size: int) -> float:
+    """Floating-point operations of one epoch: forward, backward and SGD update over the train
+    set, plus the test forward. A multiply-add counts 2; the first layer computes no input
+    gradient (the images need none)."""
+    sizes = [IN_FEATURES, *spec.hidden, NUM_CLASSES]
+    multiply_adds = sum(a * b for a, b in pairwise(sizes))
+    weights = sum(a * b + b for a, b in pairwise(sizes))
+    input_grads = multiply_adds - sizes[0] * sizes[1]
+    per_image = 2 * (2 * multiply_adds + input_grads)
+    steps = -(-train_count // batch_size)
+    return train_count * per_image + steps * 2 * weights + test_count * 2 * multiply_adds
+
+
+def textbook_epoch(config, root: Path) -> Callable[[], float]:
+    """One textbook epoch per call (train pass + test accuracy); returns its seconds."""
+    generator = torch.Generator().manual_seed(0)
+    model = build_mlp(config.model, config.train.init_std, generator)
+    train_loader, test_loader = make_loaders(root, config.train.batch_size, generator)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.train.lr)
+
+    def epoch() -> float:
+        started = time.perf_counter()
+        train_epoch(model, train_loader, optimizer)
+        accuracy(model, test_loader)
+        return time.perf_counter() - started
+
+    return epoch
+
+
+def our_epoch(config, train, test) -> Callable[[], float]:
+    """One epoch of the project's `fit` per call, on one model; returns fit's epoch_seconds."""
+    params = config.train.model_copy(update={"epochs": 1, "device": "cpu"})
+    generator = torch.Generator().manual_seed(params.seed)
+    model = build_mlp(config.model, params.init_std, generator)
+    return lambda: fit(model, train, test, params, generator)[0]["epoch_seconds"]
+
+
+def floor_epoch(config, train_count: int, test_count: int) -> Callable[[], float]:
+    """The same arithmetic as one epoch of `fit` on preallocated tensors; returns its seconds."""
+    params = config.train
+    model = build_mlp(config.model, params.init_std, torch.Generator().manual_seed(0))
+    optimizer = make_optimizer(model, params)
+    full, rest = divmod(train_count, params.batch_size)
+    sizes = [params.batch_size] * full + ([rest] if rest else [])
+    inputs = {n: torch.rand(n, IN_FEATURES) for n in set(sizes)}
+    labels = {n: torch.randint(0, NUM_CLASSES, (n,)) for n in set(sizes)}
+    test_inputs = torch.rand(test_count, IN_FEATURES)
+
+    def epoch() -> float:
+        started = time.perf_counter()
+        model.train()
+        for n in sizes:
+            loss = F.cross_entropy(model(inputs[n]), labels[n])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        with torch.inference_mode():
+            for chunk in test_inputs.split(EVAL_BATCH_SIZE):
+                model(chunk)
+        return time.perf_counter() - started
+
+    return epoch
+
+
+def interleaved(contenders: dict[str, Callable[[], float]], repeats: int) -> dict[str, Timing]:
+    """Run each contender once per round, after one warm-up round, so drift hits all alike."""
+    for epoch in contenders.values():
+        epoch()
+    seconds: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, epoch in contenders.items():
+            seconds[name].append(epoch())
+    return {name: Timing(values) for name, values in seconds.items()}
+
+
+def tracking_overhead(model: str, experiment: str, repeats: int) -> tuple[Timing, Timing]:
+    """Train-stage wall time with and without MLflow, runs interleaved so drift hits both."""
+    from fashion_mlp.tracking import TrackingTarget, connect
+
+    with tempfile.TemporaryDirectory() as folder:
+        store = f"sqlite:///{Path(folder) / 'mlflow.db'}"
+        # An existing store, as in any project after its first run (creating one is one-off).
+        connect(TrackingTarget(store, experiment))
+        runs: dict[str, list[float]] = {"--tracking": [], "--no-tracking": []}
+        for _ in range(repeats):
+            for flag, seconds in runs.items():
+                command = [
+                    str(BIN / "fashion-mlp"),
+                    "train",
+                    model,
+                    "--no-progress",
+                    flag,
+                    "--out-dir",
+                    str(Path(folder) / flag),
+                    "--tracking-uri",
+                    store,
+                ]
+                started = time.perf_counter()
+                subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+                seconds.append(time.perf_counter() - started)
+    return Timing(runs["--tracking"]), Timing(runs["--no-tracking"])
+
+
+def pipeline_is_up_to_date() -> bool:
+    status = subprocess.run(
+        [str(BIN / "dvc"), "status", "--json"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return json.loads(status.stdout or "{}") == {}
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+Target = tuple[str, str, bool]  # what, measured, met
+
+
+def training_section(params: Params, repeats: int) -> tuple[list[str], list[Target]]:
+    data_dir, raw_dir = ROOT / "data/processed", ROOT / "data/raw"
+    if not (data_dir / "train.pt").exists():
+        sys.exit(f"error: {data_dir / 'train.pt'} not found; run `dvc repro preprocess` first")
+    train, test = load_split(data_dir, "train"), load_split(data_dir, "test")
+    lines = [
+        "## Training: seconds per epoch (60,000-image train pass + 10,000-image test accuracy)",
+        "",
+        "| model | textbook loop | our trainer | compute floor | textbook / ours | "
+        "ours / floor | textbook / floor | GFLOP/s ours | GFLOP/s floor |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    targets: list[Target] = []
+    with tempfile.TemporaryDirectory() as folder:
+        root = torchvision_layout(raw_dir, Path(folder))
+        for name in MODELS:
+            config = params.run_config(name)
+            log(f"{name}: textbook loop, our trainer, compute floor ({repeats} rounds)")
+            timings = interleaved(
+                {
+                    "textbook": textbook_epoch(config, root),
+                    "ours": our_epoch(config, train, test),
+                    "floor": floor_epoch(config, len(train), len(test)),
+                },
+                repeats,
+            )
+            textbook, ours, floor = (timings[key].median for key in ("textbook", "ours", "floor"))
+            flop = epoch_flop(config.model, len(train), len(test), config.train.batch_size)
+            cells = [timings[key].cell() for key in ("textbook", "ours", "floor")]
+            ratios = [f"{textbook / ours:.1f}x", f"{ours / floor:.2f}x", f"{textbook / floor:.1f}x"]
+            rates = [f"{flop / seconds / 1e9:.0f}" for seconds in (ours, floor)]
+            lines.append("| " + " | ".join([name, *cells, *ratios, *rates]) + " |")
+            targets += [
+                (
+                    f"{name}: our trainer >= 10x faster than the textbook loop",
+                    ratios[0],
+                    textbook / ours >= 10,
+                ),
+                (
+                    f"{name}: our trainer within 1.2x of the compute floor",
+                    ratios[1],
+                    ours / floor <= 1.2,
+                ),
+            ]
+    return lines, targets
+
+
+def bookkeeping_section(params: Params, repeats: int) -> tuple[list[str], list[Target]]:
+    log("train stage with and without MLflow")
+    tracked, untracked = tracking_overhead("mlp1", params.mlflow.experiment, max(2, repeats // 2))
+    share = tracked.median / untracked.median - 1
+    log("start-up and dvc repro")
+    python = [sys.executable, "-c"]
+    bare = command_timing([*python, "pass"], 2 * repeats)
+    cli_help = command_timing([str(BIN / "fashion-mlp"), "--help"], 2 * repeats)
+    noop = (
+        command_timing([str(BIN / "dvc"), "repro"], repeats) if pipeline_is_up_to_date() else None
+    )
+    rows = {
+        "train stage `fashion-mlp train mlp1`, MLflow tracking": tracked.cell(),
+        "train stage `fashion-mlp train mlp1 --no-tracking`": untracked.cell(),
+        "`dvc repro`, nothing to do": noop.cell() if noop else "skipped: pipeline not up to date",
+        "`python -c pass`": bare.cell(),
+        "`fashion-mlp --help`": cli_help.cell(),
+        "`python -c 'import torch'`": command_timing([*python, "import torch"], repeats).cell(),
+        "`python -c 'import mlflow'`": command_timing([*python, "import mlflow"], repeats).cell(),
+    }
+    lines = ["## Bookkeeping: wall seconds", "", "| what | seconds |", "|---|---|"]
+    lines += [f"| {what} | {cell} |" for what, cell in rows.items()]
+    help_gap = cli_help.median - bare.median
+    targets: list[Target] = [
+        ("MLflow adds <= 5% to a train stage", f"+{share:.0%}", share <= 0.05),
+        (
+            "`dvc repro` with nothing to do < 3 s",
+            f"{noop.median:.2f} s" if noop else "skipped",
+            bool(noop and noop.median < 3),
+        ),
+        (
+            "`fashion-mlp --help` within 0.5 s of `python -c pass`",
+            f"+{help_gap:.2f} s",
+            help_gap <= 0.5,
+        ),
+    ]
+    return lines, targets
+
+
+def report(repeats: int) -> str:
+    params = load_params(ROOT / "params.yaml")
+    training, training_targets = training_section(params, repeats)
+    bookkeeping, bookkeeping_targets = bookkeeping_section(params, repeats)
+    targets = training_targets + bookkeeping_targets
+    lines = [
+        "# Benchmarks",
+        "",
+        f"`make bench` on {date.today()}: {platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__} with {torch.get_num_threads()} threads, Python "
+        f"{platform.python_version()}. Each cell: median [min-max] seconds of {repeats} runs "
+        f"({max(2, repeats // 2)} each way for the train stage). Read the ratios: the machine "
+        "is shared and noisy.",
+        "",
+        *training,
+        "",
+        *bookkeeping,
+        "",
+        "## Targets",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+        *(f"| {what} | {value} | {'yes' if met else 'no'} |" for what, value, met in targets),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=6, help="runs per figure (default 6)")
+    parser.add_argument("--out", type=Path, default=ROOT / "reports/benchmarks.md")
+    args = parser.parse_args()
+    text = report(args.repeats)
+    args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
