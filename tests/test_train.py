@@ -3,6 +3,9 @@
 import csv
 import json
 import math
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -181,3 +184,35 @@ def test_cli_train_without_tracking_writes_the_model_but_no_run(workdir, params)
     assert sorted(path.name for path in out.iterdir()) == ["history.csv", "model.pt"]
     store = params["mlflow"]["tracking_uri"].removeprefix("sqlite:///")
     assert not Path(store).exists()
+
+
+def test_sigterm_mid_epoch_leaves_no_output_and_marks_the_run_killed(workdir, params):
+    import mlflow
+
+    # Batches of one image: an epoch is hundreds of steps, so the signal lands inside one.
+    params["train"] |= {"epochs": 1000, "batch_size": 1}
+    write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
+    preprocess(params["data"]["local_dir"], workdir / "data/processed")
+    cli = str(Path(sys.executable).parent / "fashion-mlp")
+    process = subprocess.Popen(
+        [cli, "train", "mlp1", "--no-progress"],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in process.stdout:
+        if "mlp1 epoch 2:" in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 130
+    assert stderr.strip().splitlines()[-1] == "interrupted: no output was written"
+    out = workdir / "models" / "mlp1"
+    assert not out.exists() or list(out.iterdir()) == []
+    mlflow.set_tracking_uri(params["mlflow"]["tracking_uri"])
+    (run,) = mlflow.search_runs(experiment_names=["fashion-mlp"], output_format="list")
+    assert run.info.status == "KILLED"
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "test_acc")]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 2

@@ -3,8 +3,14 @@
 The embedded default is `sqlite:///mlflow.db` (MLflow 3's own default). A relative SQLite path is
 resolved against the project root, not the working directory, and its artifacts go beside it in
 `mlartifacts/`, so every stage (and `make ui`) sees one store wherever it runs from.
+
+A tracking server that is down or refusing fails a stage in seconds: MLflow's own HTTP defaults
+(7 retries with exponential backoff, 120 s timeout) would keep a stage waiting for minutes. Our
+bounds apply only where the environment does not set MLflow's variables itself.
 """
 
+import os
+import re
 import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -15,6 +21,11 @@ from typing import Any
 from fashion_mlp.errors import PipelineError
 
 SQLITE_PREFIX = "sqlite:///"
+HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+}
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,8 @@ def connect(target: TrackingTarget) -> str:
     """Point MLflow at the store and return the experiment id, creating the experiment once."""
     import mlflow
 
+    for variable, value in HTTP_LIMITS.items():
+        os.environ.setdefault(variable, value)
     mlflow.set_tracking_uri(target.uri)
     try:
         experiment = mlflow.get_experiment_by_name(target.experiment)
@@ -63,25 +76,54 @@ def connect(target: TrackingTarget) -> str:
             target.experiment, artifact_location=target.artifact_location
         )
     except Exception as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise PipelineError(f"MLflow tracking store {target.uri}: {reason}") from None
+        raise PipelineError(f"MLflow tracking store {target.uri}: {_reason(err)}") from None
+
+
+def _reason(err: Exception) -> str:
+    """The useful end of MLflow's error chain, on one line."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    refused = re.search(r"too many (\d{3}) error responses", text)
+    if refused:
+        return f"the server keeps answering HTTP {refused.group(1)} (retries exhausted)"
+    for cause in ("Connection refused", "Name or service not known", "timed out"):
+        if cause in text:
+            return f"cannot reach the server ({cause}); is it running? (retries exhausted)"
+    return text[:300]
 
 
 @contextmanager
 def start_run(
     target: TrackingTarget, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]
 ) -> Iterator[Any]:
-    """A new run in the target experiment, ended FINISHED, FAILED on an error, KILLED on Ctrl-C."""
+    """A new run in the target experiment, ended FINISHED, FAILED on an error, KILLED on Ctrl-C.
+
+    A store that fails mid-run (a server going down) becomes a one-line PipelineError naming it.
+    """
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     experiment_id = connect(target)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags)) as run:
+    try:
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags))
+        mlflow.log_params(dict(params))
+    except MlflowException as err:
+        raise PipelineError(f"MLflow tracking store {target.uri}: {_reason(err)}") from None
+    status = "FAILED"
+    try:
+        yield run
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"  # MLflow alone would call an interrupted run FAILED
+        raise
+    except MlflowException as err:
+        raise PipelineError(f"MLflow tracking store {target.uri}: {_reason(err)}") from None
+    finally:
         try:
-            mlflow.log_params(dict(params))
-            yield run
-        except KeyboardInterrupt:
-            mlflow.end_run("KILLED")  # MLflow alone would call an interrupted run FAILED
-            raise
+            mlflow.end_run(status)
+        except MlflowException as err:
+            # Only a run that succeeded so far reports this; otherwise the first error wins.
+            if status == "FINISHED":
+                raise PipelineError(f"MLflow tracking store {target.uri}: {_reason(err)}") from None
 
 
 @contextmanager

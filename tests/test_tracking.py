@@ -1,0 +1,90 @@
+"""tracking: one store wherever a stage runs; a down or refusing server fails a stage fast."""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from conftest import declared_params, write_params
+from fashion_mlp.preprocess import preprocess
+from fashion_mlp.tracking import HTTP_LIMITS, resolve_tracking_uri
+
+CLI = str(Path(sys.executable).parent / "fashion-mlp")
+
+
+def test_relative_sqlite_resolves_against_the_root_and_servers_are_left_alone(tmp_path):
+    assert resolve_tracking_uri("sqlite:///mlflow.db", tmp_path) == (
+        f"sqlite:///{tmp_path / 'mlflow.db'}"
+    )
+    assert resolve_tracking_uri("sqlite:////abs/m.db", tmp_path) == "sqlite:////abs/m.db"
+    assert resolve_tracking_uri("http://host:5000", tmp_path) == "http://host:5000"
+
+
+def train_against(uri: str, workdir: Path, params: dict) -> subprocess.CompletedProcess:
+    """`fashion-mlp train mlp1` in a fresh process (MLflow's HTTP settings are per process)."""
+    write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
+    preprocess(params["data"]["local_dir"], workdir / "data/processed")
+    env = {k: v for k, v in os.environ.items() if k not in HTTP_LIMITS}
+    env["MLFLOW_TRACKING_URI"] = uri
+    # The timeout only guards the test run against a hang; the bound is in the retry count.
+    return subprocess.run(
+        [CLI, "train", "mlp1", "--no-progress"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_unreachable_server_fails_the_stage_with_the_uri_and_no_output(workdir, params):
+    uri = f"http://127.0.0.1:{free_port()}"
+    result = train_against(uri, workdir, params)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: MLflow tracking store {uri}: cannot reach the server (Connection refused); "
+        "is it running? (retries exhausted)"
+    ]
+    assert not (workdir / "models").exists()
+
+
+class Refusing(BaseHTTPRequestHandler):
+    """Answers every request with 503, and counts them."""
+
+    requests = 0
+
+    def do_GET(self):
+        type(self).requests += 1
+        self.send_response(503)
+        self.end_headers()
+
+    do_POST = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_refusing_server_is_retried_a_bounded_number_of_times(workdir, params):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        result = train_against(uri, workdir, params)
+    finally:
+        server.shutdown()
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: MLflow tracking store {uri}: the server keeps answering HTTP 503 "
+        "(retries exhausted)"
+    ]
+    assert Refusing.requests == 1 + int(HTTP_LIMITS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
+    assert not (workdir / "models").exists()
