@@ -88,3 +88,38 @@ def test_a_refusing_server_is_retried_a_bounded_number_of_times(workdir, params)
     ]
     assert Refusing.requests == 1 + int(HTTP_LIMITS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
     assert not (workdir / "models").exists()
+
+
+def test_parallel_stages_on_one_sqlite_store_lose_no_run_and_no_metric_step(workdir, params):
+    """Four train stages at once (as `dvc queue start -j 4` runs them) on a fresh store."""
+    import mlflow
+
+    params["train"]["epochs"] = 5
+    write_params(workdir / "params.yaml", params)
+    preprocess(params["data"]["local_dir"], workdir / "data/processed")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    jobs = [("mlp1", "a"), ("mlp2", "b"), ("mlp1", "c"), ("mlp2", "d")]
+    processes = [
+        subprocess.Popen(
+            [CLI, "train", model, "--no-progress", "--out-dir", f"models/{copy}"],
+            cwd=workdir,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for model, copy in jobs
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr
+
+    mlflow.set_tracking_uri(params["mlflow"]["tracking_uri"])
+    client = mlflow.MlflowClient()
+    runs = mlflow.search_runs(experiment_names=["fashion-mlp"], output_format="list")
+    assert sorted(run.info.run_name for run in runs) == ["mlp1", "mlp1", "mlp2", "mlp2"]
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        for key in ("train_loss", "train_acc", "test_acc", "epoch_seconds"):
+            steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+            assert steps == [1, 2, 3, 4, 5], (run.info.run_name, key)

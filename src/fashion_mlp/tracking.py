@@ -13,7 +13,7 @@ import os
 import re
 import subprocess
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,21 +62,37 @@ def git_commit(root: Path) -> str | None:
 
 
 def connect(target: TrackingTarget) -> str:
-    """Point MLflow at the store and return the experiment id, creating the experiment once."""
+    """Point MLflow at the store and return the experiment id, creating the experiment once.
+
+    For SQLite, the first connection creates the tables (MLflow's migrations) and maybe the
+    experiment; parallel stages on a fresh store (`dvc queue start -j 2`) would race to do it
+    and fail with "table already exists". A lock file beside the database serialises this step.
+    """
     import mlflow
 
     for variable, value in HTTP_LIMITS.items():
         os.environ.setdefault(variable, value)
     mlflow.set_tracking_uri(target.uri)
-    try:
-        experiment = mlflow.get_experiment_by_name(target.experiment)
-        if experiment is not None:
-            return experiment.experiment_id
-        return mlflow.create_experiment(
-            target.experiment, artifact_location=target.artifact_location
-        )
-    except Exception as err:
-        raise PipelineError(f"MLflow tracking store {target.uri}: {_reason(err)}") from None
+    with _store_setup_lock(target):
+        try:
+            experiment = mlflow.get_experiment_by_name(target.experiment)
+            if experiment is not None:
+                return experiment.experiment_id
+            return mlflow.create_experiment(
+                target.experiment, artifact_location=target.artifact_location
+            )
+        except Exception as err:
+            raise PipelineError(f"MLflow tracking store {target.uri}: {_reason(err)}") from None
+
+
+def _store_setup_lock(target: TrackingTarget) -> AbstractContextManager:
+    if not target.uri.startswith(SQLITE_PREFIX):
+        return nullcontext()  # a server serialises its own setup
+    from filelock import FileLock
+
+    database = Path(target.uri.removeprefix(SQLITE_PREFIX))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(database.with_name(database.name + ".lock"))
 
 
 def _reason(err: Exception) -> str:
