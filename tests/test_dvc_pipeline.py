@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,11 @@ VENV_BIN = str(Path(sys.executable).parent)
 def run(command: list[str], cwd: Path) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
     env |= {"PATH": VENV_BIN + os.pathsep + env["PATH"], "DVC_NO_ANALYTICS": "true"}
+    env |= {
+        f"GIT_{role}_{key}": value
+        for role in ("AUTHOR", "COMMITTER")
+        for key, value in (("NAME", "fashion-mlp tests"), ("EMAIL", "tests@example.com"))
+    }
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout
@@ -141,6 +147,83 @@ def test_a_new_models_entry_adds_its_stages_without_touching_dvc_yaml(project):
     }
     report = (project / "reports/comparison.md").read_text()
     assert "| mlp3 | 784-48-10 tanh |" in report
+
+
+def mlflow_runs(project: Path) -> list:
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    return mlflow.search_runs(experiment_names=["fashion-mlp"], output_format="list")
+
+
+def run_ids(project: Path) -> dict[str, str]:
+    return {
+        model: json.loads((project / f"models/{model}/run.json").read_text())["run_id"]
+        for model in ("mlp1", "mlp2")
+    }
+
+
+def test_params_seen_before_are_restored_from_the_run_cache_without_new_mlflow_runs(project):
+    first_ids, runs_before = run_ids(project), len(mlflow_runs(project))
+    edit_params(project, lambda p: p["train"].update(lr=0.3))
+    run(["dvc", "repro"], project)
+    assert len(mlflow_runs(project)) == runs_before + 2
+
+    edit_params(project, lambda p: p["train"].update(lr=0.5))
+    output = run(["dvc", "repro"], project)
+    for stage in ("train@mlp1", "train@mlp2", "evaluate@mlp1", "evaluate@mlp2"):
+        assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in output
+    assert len(mlflow_runs(project)) == runs_before + 2
+    assert run_ids(project) == first_ids
+
+
+def commit_all(project: Path) -> None:
+    (project / ".gitignore").write_text("/mlflow.db\n/mlflow.db.lock\n/mlartifacts/\n")
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-q", "-m", "baseline"], project)
+
+
+def test_experiments_queued_in_parallel_track_into_the_workspace_store(project):
+    commit_all(project)
+    runs_before = len(mlflow_runs(project))
+    run(["dvc", "exp", "run", "--queue", "-S", "train.lr=0.3,0.4"], project)
+    run(["dvc", "queue", "start", "-j", "2"], project)
+    deadline = time.monotonic() + 600
+    while re.search(r"\b(Queued|Running)\b", status := run(["dvc", "queue", "status"], project)):
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+    assert status.count("Success") == 2, status
+
+    # Queued experiments ran in copies under .dvc/tmp/exps, yet their runs are in our store.
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project))
+    experiments = {exp["name"] for entry in shown for exp in entry.get("experiments") or []}
+    runs = mlflow_runs(project)
+    assert len(runs) == runs_before + 4
+    tracked = {}
+    for tracked_run in runs[: len(runs) - runs_before]:
+        assert tracked_run.info.status == "FINISHED"
+        assert len(tracked_run.data.tags["git_commit"]) == 40
+        name = tracked_run.data.tags["dvc_exp_name"]
+        tracked.setdefault(name, set()).add(
+            (tracked_run.info.run_name, tracked_run.data.params["lr"])
+        )
+    assert set(tracked) == experiments
+    assert sorted(tracked.values(), key=sorted) == [
+        {("mlp1", "0.3"), ("mlp2", "0.3")},
+        {("mlp1", "0.4"), ("mlp2", "0.4")},
+    ]
+
+
+def test_a_workspace_experiment_on_one_models_key_reruns_only_that_model(project):
+    commit_all(project)
+    # `++` adds the key: mlp1's entry has no lr of its own yet (it inherits train.lr).
+    output = run(["dvc", "exp", "run", "-S", "++models.mlp1.lr=0.05"], project)
+    assert stages_run(output) == {"train@mlp1", "evaluate@mlp1", "compare", "register"}
+    newest = mlflow_runs(project)[0]
+    assert newest.info.run_name == "mlp1" and newest.data.params["lr"] == "0.05"
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project))
+    experiments = {exp["name"] for entry in shown for exp in entry.get("experiments") or []}
+    assert newest.data.tags["dvc_exp_name"] in experiments
 
 
 def test_real_data_end_to_end(tmp_path):
