@@ -6,7 +6,7 @@ export PATH := $(BIN):$(PATH)
 DATASET_DIR := /usr/share/datasets/fashion-mnist
 MLFLOW_PORT ?= 5000
 
-.PHONY: help install data repro results test bench lint format ui clean
+.PHONY: help install data postgres repro results test bench lint format ui clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -28,13 +28,22 @@ data: ## install Debian's dataset-fashion-mnist if possible (else `download` use
 		echo "not root or no apt-get: the download stage will fetch from the URLs in params.yaml"; \
 	fi
 
+postgres: ## install Debian's PostgreSQL server if missing (for the team-server test)
+	@if ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then \
+		echo "PostgreSQL found"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq postgresql; \
+	else \
+		echo "not root or no apt-get: the team-server test will be skipped (outside CI)"; \
+	fi
+
 repro: install data ## run the whole pipeline (dvc repro)
 	dvc repro
 
 results: repro ## dvc repro, then refresh README.md's results table from the metrics
 	fashion-mlp compare --readme README.md
 
-test: install data ## run the test suite (what CI runs)
+test: install data postgres ## run the test suite (what CI runs)
 	pytest
 
 bench: install ## benchmarks/run.py: trainer vs textbook loop vs compute floor, bookkeeping costs

@@ -21,8 +21,10 @@ pytestmark = pytest.mark.slow
 VENV_BIN = str(Path(sys.executable).parent)
 
 
-def run(command: list[str], cwd: Path) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
+def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+    """Run `command` with the venv on PATH, no DVC or MLflow variables but those in `env`."""
+    extra = env or {}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))} | extra
     env |= {"PATH": VENV_BIN + os.pathsep + env["PATH"], "DVC_NO_ANALYTICS": "true"}
     env |= {
         f"GIT_{role}_{key}": value
