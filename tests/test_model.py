@@ -1,9 +1,13 @@
-"""The MLP: d2l's architecture and init, checked against plain matrix arithmetic."""
+"""The MLP: d2l's architecture and init, checked against plain matrix arithmetic; checkpoints
+that rebuild it, and refuse (without running) anything that is not one."""
 
 import pytest
 import torch
 from torch import nn
+from typer.testing import CliRunner
 
+from conftest import declared_params, write_params
+from fashion_mlp.cli import app
 from fashion_mlp.errors import PipelineError
 from fashion_mlp.model import build_mlp, load_checkpoint, save_checkpoint
 from fashion_mlp.params import ModelSpec
@@ -77,3 +81,18 @@ def test_a_foreign_pickle_is_refused_and_never_executed(tmp_path):
     with pytest.raises(PipelineError, match="not a fashion-mlp checkpoint"):
         load_checkpoint(tmp_path / "evil.pt")
     assert not marker.exists()
+
+
+def test_evaluate_given_a_foreign_pickle_refuses_it_without_executing_it(workdir, params):
+    marker = workdir / "executed"
+    model_dir = workdir / "models" / "mlp1"
+    model_dir.mkdir(parents=True)
+    torch.save({"payload": _CreatesFileWhenUnpickled(marker)}, model_dir / "model.pt")
+    (model_dir / "run.json").write_text('{"run_id": "0", "model_uri": "runs:/0/model"}')
+    write_params(workdir / "params.yaml", declared_params(params, "evaluate", "mlp1"))
+    result = CliRunner().invoke(app, ["evaluate", "mlp1"])
+    assert result.exit_code == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: models/mlp1/model.pt: not a fashion-mlp checkpoint")
+    assert not marker.exists()
+    assert not (workdir / "metrics").exists()

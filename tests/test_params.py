@@ -49,6 +49,7 @@ def _set(params: dict, dotted: str, value) -> None:
         ("models.mlp1.lr", 0, "models.mlp1.lr = 0"),
         ("models.mlp1.lerning_rate", 0.1, "models.mlp1.lerning_rate = 0.1: Extra inputs"),
         ("train.sead", 1, "train.sead = 1: Extra inputs are not permitted"),
+        ("train.device", "tpu", "train.device = 'tpu': Input should be 'auto', 'cpu' or 'cuda'"),
     ],
 )
 def test_bad_value_is_refused_naming_key_and_value(tmp_path, params, key, value, expected):

@@ -186,7 +186,8 @@ def test_cli_train_without_tracking_writes_the_model_but_no_run(workdir, params)
     assert not Path(store).exists()
 
 
-def test_sigterm_mid_epoch_leaves_no_output_and_marks_the_run_killed(workdir, params):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupt_mid_epoch_leaves_no_output_and_marks_the_run_killed(workdir, params, signum):
     import mlflow
 
     # Batches of one image: an epoch is hundreds of steps, so the signal lands inside one.
@@ -204,7 +205,7 @@ def test_sigterm_mid_epoch_leaves_no_output_and_marks_the_run_killed(workdir, pa
     for line in process.stdout:
         if "mlp1 epoch 2:" in line:
             break
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
 
     assert process.returncode == 130
