@@ -96,10 +96,14 @@ def test_cosine_schedule_decays_the_learning_rate_to_zero():
     assert make_schedule(optimizer, train_params()) is None
 
 
-def test_divergence_stops_naming_the_epoch_and_logs_no_nan(splits):
+@pytest.mark.parametrize(
+    ("lr", "loss"), [(1e9, "nan"), (1000.0, r"\d\.\d+e\+\d+")], ids=["nan", "exploded"]
+)
+def test_divergence_stops_naming_the_epoch_and_logs_no_nan(splits, lr, loss):
     seen = []
-    with pytest.raises(PipelineError, match=r"training diverged in epoch 1: train loss is nan"):
-        run_fit(splits, train_params(lr=1e9, init_std=1.0), on_epoch_end=seen.append)
+    expected = rf"training diverged in epoch 1: train loss is {loss}, a uniform guess scores 2.30"
+    with pytest.raises(PipelineError, match=expected):
+        run_fit(splits, train_params(lr=lr, init_std=1.0), on_epoch_end=seen.append)
     assert seen == []
 
 

@@ -26,13 +26,17 @@ from torch.nn import functional as F
 from fashion_mlp import tracking
 from fashion_mlp.atomic import atomic_path, write_text_atomic
 from fashion_mlp.errors import PipelineError
-from fashion_mlp.model import build_mlp, save_checkpoint
+from fashion_mlp.model import NUM_CLASSES, build_mlp, save_checkpoint
 from fashion_mlp.params import RunConfig, TrainParams
 from fashion_mlp.preprocess import Split, data_fingerprint, load_split
 from fashion_mlp.tracking import TrackingTarget
 
 METRIC_KEYS = ("train_loss", "train_acc", "test_acc", "epoch_seconds")
 EVAL_BATCH_SIZE = 8192
+# Cross-entropy of a uniform guess is ln(10) = 2.30. An epoch's mean loss 100 times that is
+# divergence, not learning (lr 1000 gives 1e10 in epoch 1, then dead ReLUs and chance accuracy
+# without ever reaching NaN), so it stops the run like a NaN does.
+DIVERGED_LOSS = 100 * math.log(NUM_CLASSES)
 EpochMetrics = dict[str, float]  # METRIC_KEYS, plus "epoch"
 
 
@@ -131,8 +135,8 @@ def fit(
 ) -> list[EpochMetrics]:
     """Train `model` for `params.epochs` on the device it lives on; one metrics dict per epoch.
 
-    Stops with a PipelineError at the first epoch whose loss is not finite, before that epoch's
-    metrics reach any callback (so NaN never gets logged).
+    Stops with a PipelineError at the first epoch whose loss is not finite or above
+    DIVERGED_LOSS, before that epoch's metrics reach any callback (so NaN never gets logged).
     """
     device = next(model.parameters()).device
     train_inputs, test_inputs = as_inputs(train.images, device), as_inputs(test.images, device)
@@ -145,10 +149,11 @@ def fit(
         train_loss, train_acc = train_one_epoch(
             model, train_inputs, train_labels, optimizer, params.batch_size, generator, on_batch_end
         )
-        if not math.isfinite(train_loss):
+        if not math.isfinite(train_loss) or train_loss > DIVERGED_LOSS:
             raise PipelineError(
-                f"training diverged in epoch {epoch}: train loss is {train_loss} "
-                f"(lr={params.lr}); lower the learning rate"
+                f"training diverged in epoch {epoch}: train loss is {train_loss:.4g}, a uniform "
+                f"guess scores {math.log(NUM_CLASSES):.2f} (lr={params.lr}); "
+                "lower the learning rate"
             )
         test_acc = evaluate_accuracy(model, test_inputs, test_labels)
         metrics = {
