@@ -47,8 +47,9 @@ def _set(params: dict, dotted: str, value) -> None:
         ("models.mlp1.hidden", [], "models.mlp1.hidden = []"),
         ("models.mlp1.hidden", [256, 1.5], "models.mlp1.hidden.1 = 1.5"),
         ("models.mlp1.lr", 0, "models.mlp1.lr = 0"),
-        ("models.mlp1.lerning_rate", 0.1, "models.mlp1.lerning_rate = 0.1: Extra inputs"),
-        ("train.sead", 1, "train.sead = 1: Extra inputs are not permitted"),
+        ("models.mlp1.lerning_rate", 0.1, "models.mlp1.lerning_rate = 0.1: unknown key"),
+        ("train.sead", 1, "train.sead = 1: unknown key (did you mean 'seed'?)"),
+        ("models.mlp1.hiden", [8], "models.mlp1.hiden = [8]: unknown key (did you mean 'hidden'?)"),
         ("train.device", "tpu", "train.device = 'tpu': Input should be 'auto', 'cpu' or 'cuda'"),
     ],
 )

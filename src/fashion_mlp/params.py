@@ -9,6 +9,7 @@ stops the stage with one line naming the file, the key and the value, e.g.
 Every key is required: a default hidden in code would be a setting that DVC cannot see.
 """
 
+import difflib
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -202,11 +203,18 @@ def load_params(path: Path) -> Params:
 
 
 def _one_line(err: ValidationError, source: Path, where: str) -> str:
-    first = err.errors()[0]
+    errors = err.errors()
+    # A typo'd key is both unknown and leaves the real key missing: name the typo.
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     key = ".".join([where, *(str(part) for part in first["loc"])])
     if first["type"] == "missing":
         message = f"{source}: {key}: missing (every key is required)"
+    elif first["type"] == "extra_forbidden":
+        known = [*TrainParams.model_fields, *ModelSpec.model_fields]
+        guess = difflib.get_close_matches(str(first["loc"][-1]), known, n=1)
+        hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+        message = f"{source}: {key} = {first['input']!r}: unknown key{hint}"
     else:
         message = f"{source}: {key} = {first['input']!r}: {first['msg']}"
-    more = err.error_count() - 1
+    more = len(errors) - 1
     return message + (f" (and {more} more)" if more else "")
