@@ -53,7 +53,7 @@ def decompressed_md5(path: Path) -> str:
 def verify(path: Path, expected_md5: str) -> None:
     actual = decompressed_md5(path)
     if actual != expected_md5:
-        raise RejectedFile(f"MD5 of decompressed content is {actual}, expected {expected_md5}")
+        raise RejectedFile(f"decompressed MD5 is {actual}")
 
 
 def candidate_sources(params: DataParams, file_name: str) -> list[str]:
@@ -100,7 +100,9 @@ def _fetch_verified(
             verify(staged, expected_md5)
             return source
         except RejectedFile as err:
-            failures.append(f"{source}: rejected, {err} ({md5_key})")
+            failures.append(
+                f"{source}: rejected, {err}; expected decompressed MD5 {expected_md5} ({md5_key})"
+            )
         except OSError as err:  # missing file, refused connection, timeout, HTTP error
             failures.append(f"{source}: {getattr(err, 'strerror', None) or err}")
         staged.unlink(missing_ok=True)
