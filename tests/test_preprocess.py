@@ -37,16 +37,29 @@ def _rewrite(path, transform):
 @pytest.mark.parametrize(
     ("role", "transform", "message"),
     [
-        ("train_images", lambda d: struct.pack(">I", 0x0BAD) + d[4:], "not a valid gzip IDX file"),
-        ("test_images", lambda d: d[: len(d) - 100], "not a valid gzip IDX file"),
+        (
+            "train_images",
+            lambda d: struct.pack(">I", 0x0BAD) + d[4:],
+            r"not a uint8 IDX file: magic number 00000bad, expected 00000801 \(labels\)",
+        ),
+        (
+            "test_images",
+            lambda d: d[: len(d) - 100],
+            "the header says 100 x 28 x 28 = 78400 bytes of data, the file holds 78300",
+        ),
         (
             "train_images",
             lambda d: d[:4] + struct.pack(">III", 300, 28 * 28, 1) + d[16:],
-            "expected uint8 images of shape N x 28 x 28",
+            r"expected images of shape N x 28 x 28, got \(300, 784, 1\)",
+        ),
+        (
+            "test_labels",
+            lambda d: b"\x00\x00\x08\x03" + d[4:],
+            r"the header says 100 x \d+ x \d+ = \d+ bytes of data, the file holds 92$",
         ),
         ("test_labels", lambda d: d[:4] + struct.pack(">I", 99) + d[8:107], "99 labels for 100"),
     ],
-    ids=["bad-magic", "truncated", "wrong-shape", "count-mismatch"],
+    ids=["bad-magic", "truncated", "wrong-shape", "labels-claim-3-dims", "count-mismatch"],
 )
 def test_malformed_idx_stops_with_the_file_named_and_no_partial_output(
     tmp_path, synthetic_raw, role, transform, message

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from fashion_mlp.errors import PipelineError
-from fashion_mlp.preprocess import IMAGE_SHAPE, read_idx
+from fashion_mlp.preprocess import IMAGE_SHAPE, read_idx_images
 from fashion_mlp.tracking import TrackingTarget, connect
 from fashion_mlp.train import as_inputs
 
@@ -46,10 +46,7 @@ def read_images(path: Path) -> torch.Tensor:
     path = Path(path)
     if path.suffix.lower() == ".png":
         return read_png(path)
-    images = read_idx(path)
-    if images.dtype != torch.uint8 or images.dim() != 3 or tuple(images.shape[1:]) != IMAGE_SHAPE:
-        raise PipelineError(f"{path}: expected IDX images of shape N x 28 x 28")
-    return images
+    return read_idx_images(path)
 
 
 def load_model(model: str, target: TrackingTarget) -> torch.nn.Module:
