@@ -46,8 +46,8 @@ results: repro ## dvc repro, then refresh README.md's results table from the met
 test: install data postgres ## run the test suite (what CI runs)
 	pytest
 
-bench: install ## benchmarks/run.py: trainer vs textbook loop vs compute floor, bookkeeping costs
-	python benchmarks/run.py
+bench: install ## benchmarks/run.py: trainer vs textbook loop vs floor; README Performance tables
+	python benchmarks/run.py --readme README.md
 
 lint: install ## ruff check and format check
 	ruff check .

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from fashion_mlp.atomic import fill_between_markers, write_text_atomic
 from fashion_mlp.model import IN_FEATURES, NUM_CLASSES, build_mlp
 from fashion_mlp.params import ModelSpec, Params, load_params
 from fashion_mlp.preprocess import load_split
@@ -39,6 +40,8 @@ from fashion_mlp.train import EVAL_BATCH_SIZE, fit, make_optimizer
 from textbook_loop import accuracy, make_loaders, torchvision_layout, train_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
+README_START = "<!-- benchmarks:start (written by `make bench`) -->"
+README_END = "<!-- benchmarks:end -->"
 BIN = Path(sys.executable).parent
 MODELS = ("mlp1", "mlp2")
 
@@ -268,13 +271,12 @@ def bookkeeping_section(params: Params, repeats: int) -> tuple[list[str], list[T
 
 
 def report(repeats: int) -> str:
+    """The Markdown report: a summary line, then one `##` section per measurement kind."""
     params = load_params(ROOT / "params.yaml")
     training, training_targets = training_section(params, repeats)
     bookkeeping, bookkeeping_targets = bookkeeping_section(params, repeats)
     targets = training_targets + bookkeeping_targets
     lines = [
-        "# Benchmarks",
-        "",
         f"`make bench` on {date.today()}: {platform.machine()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__} with {torch.get_num_threads()} threads, Python "
         f"{platform.python_version()}. Each cell: median [min-max] seconds of {repeats} runs "
@@ -298,9 +300,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=6, help="runs per figure (default 6)")
     parser.add_argument("--out", type=Path, default=ROOT / "reports/benchmarks.md")
+    parser.add_argument(
+        "--readme", type=Path, help="also refresh this file's tables (between its markers)"
+    )
     args = parser.parse_args()
     text = report(args.repeats)
-    args.out.write_text(text)
+    write_text_atomic(args.out, "# Benchmarks\n\n" + text)
+    if args.readme:
+        # The README nests the sections one level deeper, under its "Performance" heading.
+        fill_between_markers(args.readme, README_START, README_END, text.replace("## ", "### "))
     print(text)
 
 

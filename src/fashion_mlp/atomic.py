@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from fashion_mlp.errors import PipelineError
+
 
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
@@ -28,3 +30,14 @@ def atomic_path(target: Path) -> Iterator[Path]:
 def write_text_atomic(target: Path, text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def fill_between_markers(target: Path, start: str, end: str, body: str) -> None:
+    """Replace what lies between the `start` and `end` lines of `target` (a generated section of
+    a hand-written file, such as the README's results table) with `body`."""
+    text = Path(target).read_text(encoding="utf-8")
+    if start not in text or end not in text:
+        raise PipelineError(f"{target}: no {start} ... {end} markers to fill")
+    before, rest = text.split(start, 1)
+    after = rest.split(end, 1)[1]
+    write_text_atomic(Path(target), f"{before}{start}\n{body.strip()}\n{end}{after}")

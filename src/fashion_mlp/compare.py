@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fashion_mlp.atomic import atomic_path, write_text_atomic
+from fashion_mlp.atomic import atomic_path, fill_between_markers, write_text_atomic
 from fashion_mlp.errors import PipelineError
 from fashion_mlp.params import RunConfig
 from fashion_mlp.train import read_history
@@ -119,13 +119,8 @@ def plot_learning_curves(history: pd.DataFrame, path: Path) -> None:
 
 def update_readme(readme: Path, summary: pd.DataFrame) -> None:
     """Replace the README's results table (between the markers) with `summary`."""
-    text = Path(readme).read_text()
-    if README_START not in text or README_END not in text:
-        raise PipelineError(f"{readme}: no {README_START} ... {README_END} markers to fill")
-    before, rest = text.split(README_START, 1)
-    after = rest.split(README_END, 1)[1]
     table = markdown_table(summary.drop(columns=["seconds_per_epoch"]))
-    write_text_atomic(Path(readme), f"{before}{README_START}\n{table}\n{README_END}{after}")
+    fill_between_markers(readme, README_START, README_END, table)
 
 
 def compare(
