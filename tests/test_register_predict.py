@@ -110,8 +110,14 @@ def free_port() -> int:
 @pytest.mark.slow
 def test_mlflow_serves_the_champion_over_http(registered, params):
     port = free_port()
-    env = os.environ | {"MLFLOW_TRACKING_URI": params["mlflow"]["tracking_uri"]}
-    mlflow_cli = str(Path(sys.executable).parent / "mlflow")
+    venv_bin = str(Path(sys.executable).parent)
+    # The server starts `uvicorn` by name: the venv's bin must be on PATH even when pytest
+    # runs without an activated venv.
+    env = os.environ | {
+        "MLFLOW_TRACKING_URI": params["mlflow"]["tracking_uri"],
+        "PATH": venv_bin + os.pathsep + os.environ["PATH"],
+    }
+    mlflow_cli = str(Path(venv_bin) / "mlflow")
     server = subprocess.Popen(
         [
             *(mlflow_cli, "models", "serve", "-m", "models:/fashion-mlp@champion"),
