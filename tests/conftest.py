@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from fashion_mlp.download import RAW_FILES
+from fashion_mlp.params import TrainParams
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -69,6 +70,23 @@ def tiny_params(raw_source: Path, checksums: dict, tracking_uri: str) -> dict[st
     }
     params["mlflow"]["tracking_uri"] = tracking_uri
     return params
+
+
+def train_params(**overrides) -> TrainParams:
+    """Valid TrainParams for unit tests: small, CPU, seed 0; override any key."""
+    values = dict(
+        epochs=3,
+        batch_size=32,
+        lr=0.5,
+        optimizer="sgd",
+        momentum=0.0,
+        weight_decay=0.0,
+        lr_schedule="constant",
+        init_std=0.01,
+        seed=0,
+        device="cpu",
+    )
+    return TrainParams(**(values | overrides))
 
 
 def write_params(path: Path, params: dict) -> Path:

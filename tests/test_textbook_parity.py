@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import idx_bytes
+from conftest import idx_bytes, train_params
 from fashion_mlp.download import RAW_FILES
 from fashion_mlp.model import build_mlp
-from fashion_mlp.params import ModelSpec, TrainParams
+from fashion_mlp.params import ModelSpec
 from fashion_mlp.preprocess import preprocess
 from fashion_mlp.train import fit
 from textbook_loop import accuracy, make_loaders, torchvision_layout, train_epoch
@@ -43,18 +43,7 @@ def test_fast_trainer_matches_the_textbook_loop_in_test_accuracy(tmp_path, hidde
     raw = tmp_path / "raw"
     write_overlapping_classes(raw)
     splits = preprocess(raw, tmp_path / "processed")
-    params = TrainParams(
-        epochs=EPOCHS,
-        batch_size=BATCH_SIZE,
-        lr=LR,
-        optimizer="sgd",
-        momentum=0.0,
-        weight_decay=0.0,
-        lr_schedule="constant",
-        init_std=0.1,
-        seed=0,
-        device="cpu",
-    )
+    params = train_params(epochs=EPOCHS, batch_size=BATCH_SIZE, lr=LR, init_std=0.1)
     ours = build_mlp(
         ModelSpec(hidden=hidden, activation="relu"),
         params.init_std,

@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import declared_params, write_params
+from conftest import declared_params, train_params, write_params
 from fashion_mlp.cli import app
 from fashion_mlp.errors import PipelineError
 from fashion_mlp.model import build_mlp, load_checkpoint
@@ -21,22 +21,6 @@ from fashion_mlp.preprocess import Split, preprocess
 from fashion_mlp.train import METRIC_KEYS, fit, make_optimizer, make_schedule, resolve_device
 
 SPEC = ModelSpec(hidden=[32], activation="relu")
-
-
-def train_params(**overrides) -> TrainParams:
-    values = dict(
-        epochs=3,
-        batch_size=32,
-        lr=0.5,
-        optimizer="sgd",
-        momentum=0.0,
-        weight_decay=0.0,
-        lr_schedule="constant",
-        init_std=0.01,
-        seed=0,
-        device="cpu",
-    )
-    return TrainParams(**(values | overrides))
 
 
 @pytest.fixture
