@@ -29,12 +29,16 @@ def test_evaluate_writes_metrics_pictures_and_logs_into_the_train_run(trained, p
     result = evaluate(trained, params, "mlp1")
     assert result.exit_code == 0, result.output
     metrics = json.loads((trained / "metrics/mlp1.json").read_text())
-    assert set(metrics) == {"test_acc", "test_loss", "per_class_acc"}
-    assert list(metrics["per_class_acc"]) == list(CLASS_NAMES)
+    assert set(metrics) == {"test_acc", "test_loss"}
+    per_class = pd.read_csv(trained / "evaluation/mlp1/per_class_accuracy.csv")
+    assert list(per_class["class"]) == list(CLASS_NAMES)
     history = pd.read_csv(trained / "models/mlp1/history.csv")
     assert metrics["test_acc"] == pytest.approx(history["test_acc"].iloc[-1])
     matrix = pd.read_csv(trained / "evaluation/mlp1/confusion_matrix.csv", index_col=0)
     assert matrix.to_numpy().sum() == 100
+    # Per-class accuracy is the confusion matrix's diagonal over its row sums.
+    expected = matrix.to_numpy().diagonal() / matrix.to_numpy().sum(axis=1).clip(min=1)
+    assert per_class["accuracy"].to_numpy() == pytest.approx(expected)
     assert (trained / "evaluation/mlp1/confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
 
     run_id = json.loads((trained / "models/mlp1/run.json").read_text())["run_id"]
@@ -45,6 +49,7 @@ def test_evaluate_writes_metrics_pictures_and_logs_into_the_train_run(trained, p
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "evaluation")}
     assert artifacts == {
         "evaluation/mlp1.json",
+        "evaluation/per_class_accuracy.csv",
         "evaluation/confusion_matrix.csv",
         "evaluation/confusion_matrix.png",
     }

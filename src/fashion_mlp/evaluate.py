@@ -1,7 +1,8 @@
 """Stage `evaluate MODEL`: test-set metrics, per-class accuracy and the confusion matrix.
 
 Reads `models/MODEL/{model.pt,run.json}` and `data/processed/test.pt`, and params `mlflow`.
-Writes `metrics/MODEL.json` (DVC metrics: test_acc, test_loss, per-class accuracy) and
+Writes `metrics/MODEL.json` (DVC metrics: test_acc and test_loss only, so `dvc exp show` stays
+two columns a model), `evaluation/MODEL/per_class_accuracy.csv` and
 `evaluation/MODEL/confusion_matrix.{csv,png}`, and logs all of them into the model's training
 run in MLflow (the run id comes from `run.json`), so one run holds curves and evaluation.
 
@@ -93,6 +94,7 @@ def evaluate_model(
     out_dir = Path(out_dir)
     matrix_csv = out_dir / "confusion_matrix.csv"
     matrix_png = out_dir / "confusion_matrix.png"
+    per_class_csv = out_dir / "per_class_accuracy.csv"
     # Files are written inside the resumed run: a missing run stops us before any output.
     with tracking.resume_run(target, run_id):
         header = "true\\predicted," + ",".join(CLASS_NAMES)
@@ -100,11 +102,14 @@ def evaluate_model(
         write_text_atomic(matrix_csv, "\n".join([header, *rows]) + "\n")
         title = f"{name} ({spec.describe()}): test accuracy {metrics['test_acc']:.4f}"
         plot_confusion_matrix(matrix, title, matrix_png)
-        write_text_atomic(Path(metrics_file), json.dumps(metrics, indent=2) + "\n")
+        per_class = [f"{c},{a}" for c, a in metrics["per_class_acc"].items()]
+        write_text_atomic(per_class_csv, "\n".join(["class,accuracy", *per_class]) + "\n")
+        headline = {key: metrics[key] for key in ("test_acc", "test_loss")}
+        write_text_atomic(Path(metrics_file), json.dumps(headline, indent=2) + "\n")
 
         flat = {"final_test_acc": metrics["test_acc"], "final_test_loss": metrics["test_loss"]}
         flat |= {f"class_acc.{class_slug(c)}": a for c, a in metrics["per_class_acc"].items()}
         tracking.log_metrics(flat)
-        for artifact in (metrics_file, matrix_csv, matrix_png):
+        for artifact in (metrics_file, per_class_csv, matrix_csv, matrix_png):
             mlflow.log_artifact(str(artifact), artifact_path="evaluation")
     return metrics
