@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_params, write_synthetic_raw
+from conftest import tiny_params, write_params, write_synthetic_raw
+from fashion_mlp.preprocess import preprocess
 from test_dvc_pipeline import make_project, run, stages_run
 
 pytestmark = pytest.mark.slow
@@ -163,3 +164,37 @@ def test_the_pipeline_runs_unchanged_against_a_postgres_backed_server(server, tm
         assert model(torch.rand(3, 28, 28)).shape == (3, 10)
     champion = client.get_model_version_by_alias("fashion-mlp", "champion")
     assert champion.run_id in {tracked.info.run_id for tracked in runs}
+
+
+def test_parallel_stages_share_one_new_experiment_on_the_server(server, tmp_path):
+    """Three train stages at once, each finding no experiment and creating it: one wins, the
+    others use it, and every run arrives."""
+    import mlflow
+
+    checksums = write_synthetic_raw(tmp_path / "source")
+    params = tiny_params(tmp_path / "source", checksums, "sqlite:///unused.db")
+    params["mlflow"]["experiment"] = "parallel-on-a-fresh-server"
+    write_params(tmp_path / "params.yaml", params)
+    preprocess(tmp_path / "source", tmp_path / "data/processed")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["MLFLOW_TRACKING_URI"] = server
+    cli = str(Path(sys.executable).parent / "fashion-mlp")
+    processes = [
+        subprocess.Popen(
+            [cli, "train", "mlp1", "--no-progress", "--out-dir", f"models/{copy}"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for copy in ("a", "b", "c")
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr
+    mlflow.set_tracking_uri(server)
+    runs = mlflow.search_runs(
+        experiment_names=[params["mlflow"]["experiment"]], output_format="list"
+    )
+    assert [run.info.status for run in runs] == ["FINISHED"] * 3

@@ -76,13 +76,22 @@ def connect(target: TrackingTarget) -> str:
     with _store_setup_lock(target):
         try:
             experiment = mlflow.get_experiment_by_name(target.experiment)
-            if experiment is not None:
-                return experiment.experiment_id
-            return mlflow.create_experiment(
-                target.experiment, artifact_location=target.artifact_location
-            )
+            return (experiment or _create_experiment(target)).experiment_id
         except Exception as err:
             raise PipelineError(f"MLflow tracking store {target.uri}: {_reason(err)}") from None
+
+
+def _create_experiment(target: TrackingTarget) -> Any:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.create_experiment(target.experiment, artifact_location=target.artifact_location)
+    except MlflowException as err:
+        # Another stage created it since we looked: a server has no lock file to serialise this.
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    return mlflow.get_experiment_by_name(target.experiment)
 
 
 def _store_setup_lock(target: TrackingTarget) -> AbstractContextManager:
