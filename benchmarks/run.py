@@ -34,8 +34,8 @@ from torch.nn import functional as F
 
 from fashion_mlp.atomic import fill_between_markers, write_text_atomic
 from fashion_mlp.model import IN_FEATURES, NUM_CLASSES, build_mlp
-from fashion_mlp.params import ModelSpec, Params, load_params
-from fashion_mlp.preprocess import load_split
+from fashion_mlp.params import ModelSpec, Params, RunConfig, load_params
+from fashion_mlp.preprocess import Split, load_split
 from fashion_mlp.train import EVAL_BATCH_SIZE, fit, make_optimizer
 from textbook_loop import accuracy, make_loaders, torchvision_layout, train_epoch
 
@@ -80,7 +80,7 @@ def epoch_flop(spec: ModelSpec, train_count: int, test_count: int, batch_size: i
     return train_count * per_image + steps * 2 * weights + test_count * 2 * multiply_adds
 
 
-def textbook_epoch(config, root: Path) -> Callable[[], float]:
+def textbook_epoch(config: RunConfig, root: Path) -> Callable[[], float]:
     """One textbook epoch per call (train pass + test accuracy); returns its seconds."""
     generator = torch.Generator().manual_seed(0)
     model = build_mlp(config.model, config.train.init_std, generator)
@@ -96,7 +96,7 @@ def textbook_epoch(config, root: Path) -> Callable[[], float]:
     return epoch
 
 
-def our_epoch(config, train, test) -> Callable[[], float]:
+def our_epoch(config: RunConfig, train: Split, test: Split) -> Callable[[], float]:
     """One epoch of the project's `fit` per call, on one model; returns fit's epoch_seconds."""
     params = config.train.model_copy(update={"epochs": 1, "device": "cpu"})
     generator = torch.Generator().manual_seed(params.seed)
@@ -104,7 +104,7 @@ def our_epoch(config, train, test) -> Callable[[], float]:
     return lambda: fit(model, train, test, params, generator)[0]["epoch_seconds"]
 
 
-def floor_epoch(config, train_count: int, test_count: int) -> Callable[[], float]:
+def floor_epoch(config: RunConfig, train_count: int, test_count: int) -> Callable[[], float]:
     """The same arithmetic as one epoch of `fit` on preallocated tensors; returns its seconds."""
     params = config.train
     model = build_mlp(config.model, params.init_std, torch.Generator().manual_seed(0))
