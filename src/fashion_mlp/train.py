@@ -218,11 +218,14 @@ def train_model(
     model = build_mlp(config.model, params.init_std, generator).to(device)
     run_tags = {"data_md5": data_fingerprint(data_dir), "torch_device": str(device), **tags}
     batches_per_epoch = math.ceil(len(train) / params.batch_size)
-
-    with (
+    mlflow_run = (
         tracking.start_run(target, config.name, config.flat(), run_tags)
         if target is not None
-        else nullcontext() as run,
+        else nullcontext()
+    )
+
+    with (
+        mlflow_run as run,
         Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
