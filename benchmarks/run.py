@@ -36,7 +36,7 @@ from fashion_mlp.atomic import fill_between_markers, write_text_atomic
 from fashion_mlp.model import IN_FEATURES, NUM_CLASSES, build_mlp
 from fashion_mlp.params import ModelSpec, Params, RunConfig, load_params
 from fashion_mlp.preprocess import Split, load_split
-from fashion_mlp.train import EVAL_BATCH_SIZE, fit, make_optimizer
+from fashion_mlp.train import fit, make_optimizer, predict_logits
 from textbook_loop import accuracy, make_loaders, torchvision_layout, train_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,9 +123,7 @@ def floor_epoch(config: RunConfig, train_count: int, test_count: int) -> Callabl
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        with torch.inference_mode():
-            for chunk in test_inputs.split(EVAL_BATCH_SIZE):
-                model(chunk)
+        predict_logits(model, test_inputs)
         return time.perf_counter() - started
 
     return epoch

@@ -8,7 +8,10 @@ import copy
 import gzip
 import hashlib
 import os
+import socket
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,8 @@ from fashion_mlp.download import RAW_FILES
 from fashion_mlp.params import TrainParams
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+CLI = str(VENV_BIN / "fashion-mlp")
 REAL_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -152,6 +157,15 @@ def trained(workdir, params):
     return workdir
 
 
+@pytest.fixture
+def evaluated(trained, params):
+    """Both tiny models trained and evaluated through the CLI (what compare and register read)."""
+    for model in ("mlp1", "mlp2"):
+        result = evaluate(trained, params, model)
+        assert result.exit_code == 0, result.output
+    return trained
+
+
 def evaluate(workdir: Path, params: dict, model: str):
     """Run `fashion-mlp evaluate MODEL` with only its declared params; return the result."""
     from typer.testing import CliRunner
@@ -160,6 +174,38 @@ def evaluate(workdir: Path, params: dict, model: str):
 
     write_params(workdir / "params.yaml", declared_params(params, "evaluate", model))
     return CliRunner().invoke(app, ["evaluate", model])
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def stage_env(**extra: str) -> dict[str, str]:
+    """The environment a stage process gets in tests: the venv first on PATH, no DVC or MLflow
+    variables leaking in from outside, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
+    return env | {"PATH": str(VENV_BIN) + os.pathsep + env["PATH"]} | extra
+
+
+def train_at_once(runs: list[tuple[str, str]], cwd: Path, env: dict[str, str]) -> None:
+    """Start `fashion-mlp train MODEL --out-dir models/COPY` for every (MODEL, COPY) at the same
+    time, as a parallel DVC queue does; each must succeed."""
+    processes = [
+        subprocess.Popen(
+            [CLI, "train", model, "--no-progress", "--out-dir", f"models/{copy}"],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for model, copy in runs
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr
 
 
 def real_data_or_skip() -> Path:

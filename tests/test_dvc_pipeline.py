@@ -4,28 +4,30 @@ These run the actual CLI through DVC, so they are marked slow (about a minute in
 """
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import PROJECT_ROOT, real_data_or_skip, tiny_params, write_params, write_synthetic_raw
+from conftest import (
+    PROJECT_ROOT,
+    real_data_or_skip,
+    stage_env,
+    tiny_params,
+    write_params,
+    write_synthetic_raw,
+)
 
 pytestmark = pytest.mark.slow
-VENV_BIN = str(Path(sys.executable).parent)
 
 
 def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
     """Run `command` with the venv on PATH, no DVC or MLflow variables but those in `env`."""
-    extra = env or {}
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))} | extra
-    env |= {"PATH": VENV_BIN + os.pathsep + env["PATH"], "DVC_NO_ANALYTICS": "true"}
+    env = stage_env(**(env or {}), DVC_NO_ANALYTICS="true")
     env |= {
         f"GIT_{role}_{key}": value
         for role in ("AUTHOR", "COMMITTER")

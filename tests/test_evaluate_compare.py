@@ -65,15 +65,13 @@ def test_evaluate_with_a_run_missing_from_the_store_fails_before_writing(trained
     assert not (trained / "metrics").exists()
 
 
-def test_compare_writes_the_table_and_the_curves(trained, params):
-    for model in ("mlp1", "mlp2"):
-        assert evaluate(trained, params, model).exit_code == 0
-    write_params(trained / "params.yaml", declared_params(params, "compare"))
+def test_compare_writes_the_table_and_the_curves(evaluated, params):
+    write_params(evaluated / "params.yaml", declared_params(params, "compare"))
     result = CliRunner().invoke(app, ["compare"])
     assert result.exit_code == 0, result.output
-    report = (trained / "reports/comparison.md").read_text()
+    report = (evaluated / "reports/comparison.md").read_text()
     for model in ("mlp1", "mlp2"):
-        metrics = json.loads((trained / f"metrics/{model}.json").read_text())
+        metrics = json.loads((evaluated / f"metrics/{model}.json").read_text())
         test_acc = f"{metrics['test_acc']:.4f}"
         assert any(
             line.startswith(f"| {model} |") and test_acc in line for line in report.splitlines()
@@ -83,7 +81,7 @@ def test_compare_writes_the_table_and_the_curves(trained, params):
         "| epoch | mlp1 train loss | mlp1 train accuracy | mlp1 test accuracy | mlp2" in per_epoch
     )
     assert len([line for line in per_epoch.splitlines() if line.startswith("| 2 |")]) == 1
-    assert (trained / "reports/learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert (evaluated / "reports/learning_curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_compare_names_the_missing_file(trained, params):
@@ -93,18 +91,16 @@ def test_compare_names_the_missing_file(trained, params):
     assert "metrics/mlp1.json: not found; run `dvc repro`" in result.stderr
 
 
-def test_compare_refreshes_the_readme_table_between_its_markers(trained, params):
+def test_compare_refreshes_the_readme_table_between_its_markers(evaluated, params):
     from fashion_mlp.compare import README_END, README_START
 
-    for model in ("mlp1", "mlp2"):
-        assert evaluate(trained, params, model).exit_code == 0
-    readme = trained / "README.md"
+    readme = evaluated / "README.md"
     readme.write_text(f"# Title\n\n{README_START}\nold table\n{README_END}\n\nMore text.\n")
-    write_params(trained / "params.yaml", declared_params(params, "compare"))
+    write_params(evaluated / "params.yaml", declared_params(params, "compare"))
     result = CliRunner().invoke(app, ["compare", "--readme", str(readme)])
     assert result.exit_code == 0, result.output
     text = readme.read_text()
     assert "old table" not in text and text.endswith("More text.\n")
     table = text.split(README_START)[1].split(README_END)[0]
-    mlp1_acc = json.loads((trained / "metrics/mlp1.json").read_text())["test_acc"]
+    mlp1_acc = json.loads((evaluated / "metrics/mlp1.json").read_text())["test_acc"]
     assert f"| mlp1 | 784-32-10 relu | sgd | 0.5000 | 2 | {mlp1_acc:.4f} |" in table

@@ -1,10 +1,7 @@
 """register, predict and serving: the best model becomes `champion` and classifies images."""
 
 import json
-import os
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -14,7 +11,14 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import declared_params, evaluate, synthetic_split, write_params
+from conftest import (
+    VENV_BIN,
+    declared_params,
+    free_port,
+    stage_env,
+    synthetic_split,
+    write_params,
+)
 from fashion_mlp.cli import app
 from fashion_mlp.preprocess import CLASS_NAMES
 
@@ -22,13 +26,11 @@ TEST_IMAGES, TEST_LABELS = synthetic_split(100, seed=2)
 
 
 @pytest.fixture
-def registered(trained, params):
-    for model in ("mlp1", "mlp2"):
-        assert evaluate(trained, params, model).exit_code == 0
-    write_params(trained / "params.yaml", declared_params(params, "register"))
+def registered(evaluated, params):
+    write_params(evaluated / "params.yaml", declared_params(params, "register"))
     result = CliRunner().invoke(app, ["register"])
     assert result.exit_code == 0, result.output
-    return trained
+    return evaluated
 
 
 def test_register_makes_the_most_accurate_model_champion(registered, params):
@@ -101,23 +103,12 @@ def test_a_bad_image_is_one_clear_line(workdir, params, make, message):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_mlflow_serves_the_champion_over_http(registered, params):
     port = free_port()
-    venv_bin = str(Path(sys.executable).parent)
-    # The server starts `uvicorn` by name: the venv's bin must be on PATH even when pytest
-    # runs without an activated venv.
-    env = os.environ | {
-        "MLFLOW_TRACKING_URI": params["mlflow"]["tracking_uri"],
-        "PATH": venv_bin + os.pathsep + os.environ["PATH"],
-    }
-    mlflow_cli = str(Path(venv_bin) / "mlflow")
+    # The server starts `uvicorn` by name: stage_env puts the venv's bin on PATH.
+    env = stage_env(MLFLOW_TRACKING_URI=params["mlflow"]["tracking_uri"])
+    mlflow_cli = str(VENV_BIN / "mlflow")
     server = subprocess.Popen(
         [
             *(mlflow_cli, "models", "serve", "-m", "models:/fashion-mlp@champion"),

@@ -8,9 +8,7 @@ Skipped where PostgreSQL is not installed, except under CI (`.ci/run` installs i
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -18,19 +16,21 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_params, write_params, write_synthetic_raw
+from conftest import (
+    VENV_BIN,
+    free_port,
+    stage_env,
+    tiny_params,
+    train_at_once,
+    write_params,
+    write_synthetic_raw,
+)
 from fashion_mlp.preprocess import preprocess
 from test_dvc_pipeline import make_project, run, stages_run
 
 pytestmark = pytest.mark.slow
 POSTGRES_BINARIES = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-MLFLOW = str(Path(sys.executable).parent / "mlflow")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+MLFLOW = str(VENV_BIN / "mlflow")
 
 
 def as_postgres_user(command: list[str]) -> list[str]:
@@ -176,23 +176,11 @@ def test_parallel_stages_share_one_new_experiment_on_the_server(server, tmp_path
     params["mlflow"]["experiment"] = "parallel-on-a-fresh-server"
     write_params(tmp_path / "params.yaml", params)
     preprocess(tmp_path / "source", tmp_path / "data/processed")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["MLFLOW_TRACKING_URI"] = server
-    cli = str(Path(sys.executable).parent / "fashion-mlp")
-    processes = [
-        subprocess.Popen(
-            [cli, "train", "mlp1", "--no-progress", "--out-dir", f"models/{copy}"],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for copy in ("a", "b", "c")
-    ]
-    for process in processes:
-        _, stderr = process.communicate(timeout=300)
-        assert process.returncode == 0, stderr
+    train_at_once(
+        [("mlp1", copy) for copy in ("a", "b", "c")],
+        tmp_path,
+        stage_env(MLFLOW_TRACKING_URI=server),
+    )
     mlflow.set_tracking_uri(server)
     runs = mlflow.search_runs(
         experiment_names=[params["mlflow"]["experiment"]], output_format="list"

@@ -1,18 +1,13 @@
 """tracking: one store wherever a stage runs; a down or refusing server fails a stage fast."""
 
-import os
-import socket
 import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from conftest import declared_params, write_params
+from conftest import CLI, declared_params, free_port, stage_env, train_at_once, write_params
 from fashion_mlp.preprocess import preprocess
 from fashion_mlp.tracking import HTTP_LIMITS, resolve_tracking_uri
-
-CLI = str(Path(sys.executable).parent / "fashion-mlp")
 
 
 def test_relative_sqlite_resolves_against_the_root_and_servers_are_left_alone(tmp_path):
@@ -27,8 +22,8 @@ def train_against(uri: str, workdir: Path, params: dict) -> subprocess.Completed
     """`fashion-mlp train mlp1` in a fresh process (MLflow's HTTP settings are per process)."""
     write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
     preprocess(params["data"]["local_dir"], workdir / "data/processed")
-    env = {k: v for k, v in os.environ.items() if k not in HTTP_LIMITS}
-    env["MLFLOW_TRACKING_URI"] = uri
+    # stage_env drops MLFLOW_* variables, so our HTTP_LIMITS defaults are what applies.
+    env = stage_env(MLFLOW_TRACKING_URI=uri)
     # The timeout only guards the test run against a hang; the bound is in the retry count.
     return subprocess.run(
         [CLI, "train", "mlp1", "--no-progress"],
@@ -38,12 +33,6 @@ def train_against(uri: str, workdir: Path, params: dict) -> subprocess.Completed
         text=True,
         timeout=120,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_an_unreachable_server_fails_the_stage_with_the_uri_and_no_output(workdir, params):
@@ -97,22 +86,9 @@ def test_parallel_stages_on_one_sqlite_store_lose_no_run_and_no_metric_step(work
     params["train"]["epochs"] = 5
     write_params(workdir / "params.yaml", params)
     preprocess(params["data"]["local_dir"], workdir / "data/processed")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    jobs = [("mlp1", "a"), ("mlp2", "b"), ("mlp1", "c"), ("mlp2", "d")]
-    processes = [
-        subprocess.Popen(
-            [CLI, "train", model, "--no-progress", "--out-dir", f"models/{copy}"],
-            cwd=workdir,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for model, copy in jobs
-    ]
-    for process in processes:
-        _, stderr = process.communicate(timeout=300)
-        assert process.returncode == 0, stderr
+    train_at_once(
+        [("mlp1", "a"), ("mlp2", "b"), ("mlp1", "c"), ("mlp2", "d")], workdir, stage_env()
+    )
 
     mlflow.set_tracking_uri(params["mlflow"]["tracking_uri"])
     client = mlflow.MlflowClient()

@@ -5,14 +5,13 @@ import json
 import math
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import declared_params, train_params, write_params
+from conftest import CLI, declared_params, train_params, write_params
 from fashion_mlp.cli import app
 from fashion_mlp.errors import PipelineError
 from fashion_mlp.model import build_mlp, load_checkpoint
@@ -182,9 +181,8 @@ def test_interrupt_mid_epoch_leaves_no_output_and_marks_the_run_killed(workdir, 
     params["train"] |= {"epochs": 1000, "batch_size": 1}
     write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
     preprocess(params["data"]["local_dir"], workdir / "data/processed")
-    cli = str(Path(sys.executable).parent / "fashion-mlp")
     process = subprocess.Popen(
-        [cli, "train", "mlp1", "--no-progress"],
+        [CLI, "train", "mlp1", "--no-progress"],
         cwd=workdir,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
