@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from torchvision.transforms import ToTensor
 
-from fashion_mlp.download import RAW_FILES
+from fashion_mlp.dataset import RAW_FILES
 
 
 def torchvision_layout(raw_dir: Path, root: Path) -> Path:

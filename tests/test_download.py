@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_params
-from fashion_mlp.download import RAW_FILES, decompressed_md5, download
+from fashion_mlp.dataset import RAW_FILES
+from fashion_mlp.download import decompressed_md5, download
 from fashion_mlp.errors import PipelineError
 from fashion_mlp.params import DataParams
+from helpers.data import write_params
 
 
 def data_params(local_dir: Path, checksums: dict, urls: tuple[str, ...] = ()) -> DataParams:
@@ -104,8 +105,8 @@ def test_no_source_lists_every_attempt_and_the_fix(tmp_path, synthetic_raw):
 def test_cli_download(workdir, params):
     from typer.testing import CliRunner
 
-    from conftest import declared_params
     from fashion_mlp.cli import app
+    from helpers.data import declared_params
 
     write_params(workdir / "params.yaml", declared_params(params, "download"))
     result = CliRunner().invoke(app, ["download", "--out-dir", "data/raw"])

@@ -1,41 +1,30 @@
 """The real `dvc repro` in a temporary copy of the project: what runs, what is skipped.
 
-These run the actual CLI through DVC, so they are marked slow (about a minute in all).
+These run the actual CLI through DVC, so they are marked slow (about two minutes in all).
 """
 
 import json
 import re
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import (
+from fashion_mlp.dataset import RAW_FILES
+from helpers.data import (
     PROJECT_ROOT,
-    real_data_or_skip,
-    stage_env,
+    REAL_DATA_DIR,
+    project_params,
     tiny_params,
     write_params,
     write_synthetic_raw,
 )
+from helpers.markers import require
+from helpers.process import run
 
 pytestmark = pytest.mark.slow
-
-
-def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
-    """Run `command` with the venv on PATH, no DVC or MLflow variables but those in `env`."""
-    env = stage_env(**(env or {}), DVC_NO_ANALYTICS="true")
-    env |= {
-        f"GIT_{role}_{key}": value
-        for role in ("AUTHOR", "COMMITTER")
-        for key, value in (("NAME", "fashion-mlp tests"), ("EMAIL", "tests@example.com"))
-    }
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
 
 
 def stages_run(output: str) -> set[str]:
@@ -54,6 +43,7 @@ def make_project(folder: Path, params: dict) -> Path:
     write_params(folder / "params.yaml", params)
     run(["git", "init", "-q"], folder)
     run(["dvc", "init", "-q"], folder)
+    shutil.copytree(PROJECT_ROOT / ".dvc/plots", folder / ".dvc/plots")
     return folder
 
 
@@ -93,6 +83,8 @@ def test_full_repro_tracks_both_models_in_one_store(reproduced):
     client = mlflow.MlflowClient()
     runs = mlflow.search_runs(experiment_names=["fashion-mlp"], output_format="list")
     assert sorted(tracked.info.run_name for tracked in runs) == ["mlp1", "mlp2"]
+    lock = yaml.safe_load((reproduced / "dvc.lock").read_text())["stages"]
+    (processed,) = [out for out in lock["preprocess"]["outs"] if out["path"] == "data/processed"]
     for tracked in runs:
         name = tracked.info.run_name
         assert tracked.data.tags["dvc_stage"] == f"train@{name}"
@@ -102,10 +94,32 @@ def test_full_repro_tracks_both_models_in_one_store(reproduced):
             tracked.info.run_id
         )
         assert {a.path for a in client.list_artifacts(tracked.info.run_id)} >= {"evaluation"}
-        assert mlflow.pytorch.load_model(f"runs:/{tracked.info.run_id}/model") is not None
+        model = mlflow.pytorch.load_model(f"runs:/{tracked.info.run_id}/model")
+        assert model(__import__("torch").rand(3, 28, 28)).shape == (3, 10)
+        # The run names its data by the digest dvc.lock holds for data/processed.
+        (train_input,) = [
+            i for i in tracked.inputs.dataset_inputs if i.dataset.name == "fashion-mnist-train"
+        ]
+        assert json.loads(train_input.dataset.source)["dvc_md5"] == processed["md5"]
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], reproduced))
     shown = metrics[""]["data"]
     assert {"metrics/mlp1.json", "metrics/mlp2.json"} <= set(shown)
+
+
+def test_dvc_plots_draws_every_model_on_shared_axes_and_each_confusion_matrix(reproduced):
+    shown = json.loads(run(["dvc", "plots", "show", "--json", "--split"], reproduced))["data"]
+
+    def rows(plot_id: str) -> list[dict]:
+        return shown[plot_id][0]["anchor_definitions"]["<DVC_METRIC_DATA>"]
+
+    for plot_id in ("loss", "accuracy"):
+        assert shown[plot_id][0]["content"]["encoding"]["color"]["field"] == "series"
+        assert {row["model"] for row in rows(plot_id)} == {"mlp1", "mlp2"}
+        assert {row["epoch"] for row in rows(plot_id)} == {"1", "2"}
+    assert {row["field"] for row in rows("accuracy")} == {"train_acc", "test_acc"}
+    for model in ("mlp1", "mlp2"):
+        assert len(rows(f"evaluation/{model}/predictions.csv")) == 100
+        assert len(rows(f"evaluation/{model}/per_class_accuracy.csv")) == 10
 
 
 def test_repro_with_nothing_changed_runs_no_stage(project):
@@ -143,12 +157,8 @@ def test_changing_a_shared_train_param_retrains_both(project):
 
 def test_a_new_models_entry_adds_its_stages_without_touching_dvc_yaml(project):
     edit_params(project, lambda p: p["models"].update(mlp3={"hidden": [48], "activation": "tanh"}))
-    assert stages_run(run(["dvc", "repro"], project)) == {
-        "train@mlp3",
-        "evaluate@mlp3",
-        "compare",
-        "register",
-    }
+    # register reads only the declared champion's files (mlp2 here): it does not rerun.
+    assert stages_run(run(["dvc", "repro"], project)) == {"train@mlp3", "evaluate@mlp3", "compare"}
     report = (project / "reports/comparison.md").read_text()
     assert "| mlp3 | 784-48-10 tanh |" in report
 
@@ -222,7 +232,7 @@ def test_a_workspace_experiment_on_one_models_key_reruns_only_that_model(project
     commit_all(project)
     # `++` adds the key: mlp1's entry has no lr of its own yet (it inherits train.lr).
     output = run(["dvc", "exp", "run", "-S", "++models.mlp1.lr=0.05"], project)
-    assert stages_run(output) == {"train@mlp1", "evaluate@mlp1", "compare", "register"}
+    assert stages_run(output) == {"train@mlp1", "evaluate@mlp1", "compare"}
     newest = mlflow_runs(project)[0]
     assert newest.info.run_name == "mlp1" and newest.data.params["lr"] == "0.05"
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project))
@@ -230,13 +240,36 @@ def test_a_workspace_experiment_on_one_models_key_reruns_only_that_model(project
     assert newest.data.tags["dvc_exp_name"] in experiments
 
 
+def test_editing_a_module_reruns_exactly_the_stages_that_run_it(project):
+    def touch(module: str) -> None:
+        path = project / "src/fashion_mlp" / module
+        path.write_text(path.read_text() + "\n# edited\n")
+
+    def changed() -> set[str]:
+        return set(json.loads(run(["dvc", "status", "--json"], project)))
+
+    touch("compare.py")
+    assert changed() == {"compare"}
+    touch("artifacts.py")  # run files: read by train, evaluate, compare and register
+    stages = {f"{s}@{m}" for s in ("train", "evaluate") for m in ("mlp1", "mlp2")}
+    assert changed() == stages | {"compare", "register"}
+    touch("splits.py")  # the processed data's reader and writer
+    assert changed() == stages | {"compare", "register", "preprocess"}
+
+
 def test_real_data_end_to_end(tmp_path):
     """The real files through the real pipeline with a tiny budget (2 epochs)."""
-    source = real_data_or_skip()
-    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    params["data"]["local_dir"] = str(source)
+    files = [REAL_DATA_DIR / name for name in RAW_FILES.values()]
+    require(
+        all(path.exists() for path in files),
+        f"real Fashion-MNIST not in {REAL_DATA_DIR} (apt-get install dataset-fashion-mnist)",
+    )
+    params = project_params()
+    params["data"]["local_dir"] = str(REAL_DATA_DIR)
     params["train"]["epochs"] = 2
     params["models"] = {name: params["models"][name] for name in ("mlp1", "mlp2")}
+    params["mlflow"]["champion"] = "mlp1"
+    params.pop("sweep", None)
     project = make_project(tmp_path / "project", params)
     run(["dvc", "repro"], project)
     accuracy = {

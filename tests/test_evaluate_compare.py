@@ -5,12 +5,9 @@ import json
 import pandas as pd
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from conftest import declared_params, evaluate, write_params
-from fashion_mlp.cli import app
+from fashion_mlp.dataset import CLASS_NAMES
 from fashion_mlp.evaluate import confusion_matrix
-from fashion_mlp.preprocess import CLASS_NAMES
 
 
 def test_confusion_matrix_matches_pandas_crosstab():
@@ -23,55 +20,140 @@ def test_confusion_matrix_matches_pandas_crosstab():
     assert confusion_matrix(labels, predictions).tolist() == reference.to_numpy().tolist()
 
 
-def test_evaluate_writes_metrics_pictures_and_logs_into_the_train_run(trained, params):
+def run_id(project, model: str) -> str:
+    return json.loads((project.folder / f"models/{model}/run.json").read_text())["run_id"]
+
+
+def test_evaluate_writes_metrics_pictures_and_logs_into_the_train_run(trained):
     import mlflow
 
-    result = evaluate(trained, params, "mlp1")
+    mlflow.set_tracking_uri(trained.store)
+    before = mlflow.get_run(run_id(trained, "mlp1")).info
+    trained.use_params("evaluate", "mlp1")
+    result = trained.invoke("evaluate", "mlp1")
     assert result.exit_code == 0, result.output
-    metrics = json.loads((trained / "metrics/mlp1.json").read_text())
+    folder = trained.folder
+    metrics = json.loads((folder / "metrics/mlp1.json").read_text())
     assert set(metrics) == {"test_acc", "test_loss"}
-    per_class = pd.read_csv(trained / "evaluation/mlp1/per_class_accuracy.csv")
+    per_class = pd.read_csv(folder / "evaluation/mlp1/per_class_accuracy.csv")
     assert list(per_class["class"]) == list(CLASS_NAMES)
-    history = pd.read_csv(trained / "models/mlp1/history.csv")
+    history = pd.read_csv(folder / "models/mlp1/history.csv")
     assert metrics["test_acc"] == pytest.approx(history["test_acc"].iloc[-1])
-    matrix = pd.read_csv(trained / "evaluation/mlp1/confusion_matrix.csv", index_col=0)
+    matrix = pd.read_csv(folder / "evaluation/mlp1/confusion_matrix.csv", index_col=0)
     assert matrix.to_numpy().sum() == 100
     # Per-class accuracy is the confusion matrix's diagonal over its row sums.
     expected = matrix.to_numpy().diagonal() / matrix.to_numpy().sum(axis=1).clip(min=1)
     assert per_class["accuracy"].to_numpy() == pytest.approx(expected)
-    assert (trained / "evaluation/mlp1/confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    # One row per test image for DVC's confusion plot, agreeing with the matrix.
+    predictions = pd.read_csv(folder / "evaluation/mlp1/predictions.csv")
+    assert len(predictions) == 100
+    counted = pd.crosstab(predictions["actual"], predictions["predicted"])
+    assert counted.loc["Trouser"].sum() == matrix.loc["Trouser"].sum()
+    assert (predictions["actual"] == predictions["predicted"]).mean() == pytest.approx(
+        metrics["test_acc"]
+    )
+    assert (folder / "evaluation/mlp1/confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
 
-    run_id = json.loads((trained / "models/mlp1/run.json").read_text())["run_id"]
-    mlflow.set_tracking_uri(params["mlflow"]["tracking_uri"])
-    run = mlflow.get_run(run_id)
+    run = mlflow.get_run(run_id(trained, "mlp1"))
     assert run.data.metrics["final_test_acc"] == pytest.approx(metrics["test_acc"])
     assert "class_acc.t_shirt_top" in run.data.metrics
-    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "evaluation")}
+    artifacts = {
+        a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "evaluation")
+    }
     assert artifacts == {
         "evaluation/mlp1.json",
         "evaluation/per_class_accuracy.csv",
+        "evaluation/predictions.csv",
         "evaluation/confusion_matrix.csv",
         "evaluation/confusion_matrix.png",
     }
-    runs = mlflow.search_runs(experiment_names=[params["mlflow"]["experiment"]])
-    assert sorted(runs["tags.mlflow.runName"]) == ["mlp1", "mlp2"]
+    # Evaluation did not reopen the run: its start, end and status are its training's.
+    assert (run.info.start_time, run.info.end_time, run.info.status) == (
+        before.start_time,
+        before.end_time,
+        "FINISHED",
+    )
 
 
-def test_evaluate_with_a_run_missing_from_the_store_fails_before_writing(trained, params):
-    (trained / "models/mlp1/run.json").write_text(json.dumps({"run_id": "0" * 32}))
-    result = evaluate(trained, params, "mlp1")
+def test_a_runs_duration_is_its_training_time(trained):
+    """From start to end, the run took the epochs plus the logging around them, not more."""
+    import mlflow
+
+    mlflow.set_tracking_uri(trained.store)
+    trained.use_params("evaluate", "mlp1")
+    assert trained.invoke("evaluate", "mlp1").exit_code == 0
+    run = mlflow.get_run(run_id(trained, "mlp1"))
+    history = pd.read_csv(trained.folder / "models/mlp1/history.csv")
+    duration = (run.info.end_time - run.info.start_time) / 1000
+    client = mlflow.MlflowClient()
+    logged = [m.timestamp for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    # The run ends after its last epoch was logged (model export and files follow it) ...
+    assert run.info.end_time >= max(logged) and duration >= history["epoch_seconds"].sum()
+    # ... and evaluation's metrics were added later, outside the run's time span.
+    evaluated = client.get_metric_history(run.info.run_id, "final_test_acc")[0].timestamp
+    assert evaluated >= run.info.end_time
+
+
+def test_evaluate_with_a_run_missing_from_the_store_fails_before_writing(trained):
+    (trained.folder / "models/mlp1/run.json").write_text(
+        json.dumps({"run_id": "0" * 32, "model_uri": "models:/m-0"})
+    )
+    trained.use_params("evaluate", "mlp1")
+    result = trained.invoke("evaluate", "mlp1")
     assert result.exit_code == 1
     assert f"MLflow run {'0' * 32} not found" in result.stderr
-    assert not (trained / "metrics").exists()
+    assert not (trained.folder / "metrics").exists()
+    assert not (trained.folder / "evaluation").exists()
 
 
-def test_compare_writes_the_table_and_the_curves(evaluated, params):
-    write_params(evaluated / "params.yaml", declared_params(params, "compare"))
-    result = CliRunner().invoke(app, ["compare"])
+def test_evaluate_refuses_a_run_file_that_names_another_models_run(trained):
+    mlp2_run = (trained.folder / "models/mlp2/run.json").read_text()
+    (trained.folder / "models/mlp1/run.json").write_text(mlp2_run)
+    trained.use_params("evaluate", "mlp1")
+    result = trained.invoke("evaluate", "mlp1")
+    assert result.exit_code == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert f"MLflow run {run_id(trained, 'mlp2')} trained 'mlp2'" in line
+    assert "not 'mlp1' in 'fashion-mlp'; the run file is not this model's" in line
+    assert not (trained.folder / "metrics").exists()
+
+
+def test_evaluate_names_a_deleted_run_and_how_to_restore_it(trained):
+    import mlflow
+
+    mlflow.set_tracking_uri(trained.store)
+    mlflow.delete_run(run_id(trained, "mlp1"))
+    trained.use_params("evaluate", "mlp1")
+    result = trained.invoke("evaluate", "mlp1")
+    assert result.exit_code == 1
+    assert f"mlflow runs restore --run-id {run_id(trained, 'mlp1')}" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("{not json", "run.json: not valid JSON (Expecting property name"),
+        ('["a list"]', "run.json: expected a JSON object"),
+        ('{"run": "x"}', "run.json: not a run file (expected run_id and model_uri)"),
+    ],
+    ids=["not-json", "not-an-object", "wrong-keys"],
+)
+def test_a_malformed_run_file_is_one_line(trained, content, problem):
+    (trained.folder / "models/mlp1/run.json").write_text(content)
+    trained.use_params("evaluate", "mlp1")
+    result = trained.invoke("evaluate", "mlp1")
+    assert result.exit_code == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: models/mlp1/") and problem in line
+
+
+def test_compare_writes_the_table_the_curves_and_the_plot_data(evaluated):
+    evaluated.use_params("compare")
+    result = evaluated.invoke("compare")
     assert result.exit_code == 0, result.output
-    report = (evaluated / "reports/comparison.md").read_text()
+    report = (evaluated.folder / "reports/comparison.md").read_text()
     for model in ("mlp1", "mlp2"):
-        metrics = json.loads((evaluated / f"metrics/{model}.json").read_text())
+        metrics = json.loads((evaluated.folder / f"metrics/{model}.json").read_text())
         test_acc = f"{metrics['test_acc']:.4f}"
         assert any(
             line.startswith(f"| {model} |") and test_acc in line for line in report.splitlines()
@@ -81,26 +163,66 @@ def test_compare_writes_the_table_and_the_curves(evaluated, params):
         "| epoch | mlp1 train loss | mlp1 train accuracy | mlp1 test accuracy | mlp2" in per_epoch
     )
     assert len([line for line in per_epoch.splitlines() if line.startswith("| 2 |")]) == 1
-    assert (evaluated / "reports/learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert (evaluated.folder / "reports/learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    curves = pd.read_csv(evaluated.folder / "reports/curves.csv")
+    assert list(curves.columns) == ["epoch", "model", "train_loss", "train_acc", "test_acc"]
+    history = pd.read_csv(evaluated.folder / "models/mlp2/history.csv")
+    mlp2 = curves[curves["model"] == "mlp2"].reset_index(drop=True)
+    assert mlp2["test_acc"].tolist() == pytest.approx(history["test_acc"].tolist())
 
 
-def test_compare_names_the_missing_file(trained, params):
-    write_params(trained / "params.yaml", declared_params(params, "compare"))
-    result = CliRunner().invoke(app, ["compare"])
+def test_compare_names_the_missing_file(trained):
+    trained.use_params("compare")
+    result = trained.invoke("compare")
     assert result.exit_code == 1
     assert "metrics/mlp1.json: not found; run `dvc repro`" in result.stderr
 
 
-def test_compare_refreshes_the_readme_table_between_its_markers(evaluated, params):
+def test_compare_refuses_a_metrics_file_that_is_not_numbers(evaluated):
+    (evaluated.folder / "metrics/mlp2.json").write_text('{"test_acc": "high", "test_loss": 1}')
+    evaluated.use_params("compare")
+    result = evaluated.invoke("compare")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "error: metrics/mlp2.json: expected numbers test_acc, test_loss; re-evaluate the model "
+        "(`dvc repro --force evaluate@MODEL`)"
+    )
+    assert not (evaluated.folder / "reports").exists()
+
+
+def test_compare_refreshes_the_readme_table_between_its_markers(evaluated):
     from fashion_mlp.compare import README_END, README_START
 
-    readme = evaluated / "README.md"
+    readme = evaluated.folder / "README.md"
     readme.write_text(f"# Title\n\n{README_START}\nold table\n{README_END}\n\nMore text.\n")
-    write_params(evaluated / "params.yaml", declared_params(params, "compare"))
-    result = CliRunner().invoke(app, ["compare", "--readme", str(readme)])
+    evaluated.use_params("compare")
+    result = evaluated.invoke("compare", "--readme", str(readme))
     assert result.exit_code == 0, result.output
     text = readme.read_text()
     assert "old table" not in text and text.endswith("More text.\n")
     table = text.split(README_START)[1].split(README_END)[0]
-    mlp1_acc = json.loads((evaluated / "metrics/mlp1.json").read_text())["test_acc"]
+    mlp1_acc = json.loads((evaluated.folder / "metrics/mlp1.json").read_text())["test_acc"]
     assert f"| mlp1 | 784-32-10 relu | sgd | 0.5000 | 2 | {mlp1_acc:.4f} |" in table
+
+
+def heavy_modules_loaded(project, *command: str) -> set[str]:
+    """Run a CLI command in a fresh interpreter; which of torch and mlflow it imported."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from typer.testing import CliRunner; from fashion_mlp.cli import app; "
+        f"result = CliRunner().invoke(app, {list(command)!r}); "
+        "assert result.exit_code == 0, result.output; "
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'mlflow'})))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=project.folder, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return set(done.stdout.split())
+
+
+def test_compare_loads_neither_torch_nor_mlflow(evaluated):
+    evaluated.use_params("compare")
+    assert heavy_modules_loaded(evaluated, "compare") == set()

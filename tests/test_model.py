@@ -1,20 +1,31 @@
 """The MLP: d2l's architecture and init, checked against plain matrix arithmetic; checkpoints
 that rebuild it, and refuse (without running) anything that is not one."""
 
+import typing
+
 import pytest
 import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from conftest import declared_params, write_params
 from fashion_mlp.cli import app
 from fashion_mlp.errors import PipelineError
 from fashion_mlp.model import build_mlp, load_checkpoint, save_checkpoint
-from fashion_mlp.params import ModelSpec
+from fashion_mlp.nonlinearities import ACTIVATIONS
+from fashion_mlp.params import Activation, ModelSpec
+from helpers.data import declared_params, write_params
+
+
+def spec(hidden, activation="relu", dropout=0.0, batch_norm=False) -> ModelSpec:
+    return ModelSpec(hidden=hidden, activation=activation, dropout=dropout, batch_norm=batch_norm)
+
+
+def test_every_activation_params_accept_is_one_the_registry_builds():
+    assert set(typing.get_args(Activation)) == set(ACTIVATIONS)
 
 
 def test_layers_follow_the_spec():
-    model = build_mlp(ModelSpec(hidden=[256, 128], activation="tanh"), 0.01, torch.Generator())
+    model = build_mlp(spec([256, 128], "tanh"), 0.01, torch.Generator())
     kinds = [type(layer) for layer in model]
     assert kinds == [nn.Flatten, nn.Linear, nn.Tanh, nn.Linear, nn.Tanh, nn.Linear]
     shapes = [tuple(layer.weight.shape) for layer in model if isinstance(layer, nn.Linear)]
@@ -22,8 +33,7 @@ def test_layers_follow_the_spec():
 
 
 def test_dropout_follows_each_hidden_activation_and_is_off_in_eval():
-    spec = ModelSpec(hidden=[64, 32], activation="relu", dropout=0.5)
-    model = build_mlp(spec, 0.01, torch.Generator())
+    model = build_mlp(spec([64, 32], "relu", dropout=0.5), 0.01, torch.Generator())
     kinds = [type(layer).__name__ for layer in model]
     assert kinds == ["Flatten", "Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear"]
     x = torch.rand(8, 28, 28)
@@ -31,8 +41,19 @@ def test_dropout_follows_each_hidden_activation_and_is_off_in_eval():
     torch.testing.assert_close(model(x), model(x))
 
 
+def test_batch_norm_sits_between_each_hidden_linear_and_its_activation():
+    model = build_mlp(spec([64, 32], "gelu", dropout=0.1, batch_norm=True), 0.01, torch.Generator())
+    kinds = [type(layer).__name__ for layer in model]
+    assert kinds == [
+        "Flatten",
+        *["Linear", "BatchNorm1d", "GELU", "Dropout"] * 2,
+        "Linear",
+    ]
+    assert spec([64, 32], "gelu", 0.1, True).describe() == "784-64-32-10 gelu dropout 0.1 batchnorm"
+
+
 def test_weights_are_normal_with_init_std_and_biases_zero():
-    model = build_mlp(ModelSpec(hidden=[256], activation="relu"), 0.01, torch.Generator())
+    model = build_mlp(spec([256], "relu"), 0.01, torch.Generator())
     weights = model[1].weight
     assert weights.std().item() == pytest.approx(0.01, rel=0.02)
     assert weights.mean().item() == pytest.approx(0.0, abs=5e-4)
@@ -41,7 +62,7 @@ def test_weights_are_normal_with_init_std_and_biases_zero():
 
 def test_forward_equals_the_d2l_formula():
     """H = relu(X W1^T + b1), O = H W2^T + b2, computed by hand."""
-    model = build_mlp(ModelSpec(hidden=[32], activation="relu"), 0.1, torch.Generator())
+    model = build_mlp(spec([32], "relu"), 0.1, torch.Generator())
     x = torch.rand(4, 28, 28)
     w1, b1, w2, b2 = model[1].weight, model[1].bias, model[3].weight, model[3].bias
     expected = torch.relu(x.reshape(4, -1) @ w1.T + b1) @ w2.T + b2
@@ -49,20 +70,20 @@ def test_forward_equals_the_d2l_formula():
 
 
 def test_same_seed_same_weights_other_seed_other_weights():
-    spec = ModelSpec(hidden=[64], activation="relu")
-    first = build_mlp(spec, 0.01, torch.Generator().manual_seed(3))
-    second = build_mlp(spec, 0.01, torch.Generator().manual_seed(3))
-    third = build_mlp(spec, 0.01, torch.Generator().manual_seed(4))
+    shape = spec([64], "relu")
+    first = build_mlp(shape, 0.01, torch.Generator().manual_seed(3))
+    second = build_mlp(shape, 0.01, torch.Generator().manual_seed(3))
+    third = build_mlp(shape, 0.01, torch.Generator().manual_seed(4))
     assert torch.equal(first[1].weight, second[1].weight)
     assert not torch.equal(first[1].weight, third[1].weight)
 
 
 def test_checkpoint_rebuilds_the_model_without_params(tmp_path):
-    spec = ModelSpec(hidden=[16, 8], activation="sigmoid")
-    model = build_mlp(spec, 0.05, torch.Generator().manual_seed(0))
-    save_checkpoint(model, spec, tmp_path / "model.pt")
+    shape = spec([16, 8], "sigmoid")
+    model = build_mlp(shape, 0.05, torch.Generator().manual_seed(0))
+    save_checkpoint(model, shape, tmp_path / "model.pt")
     loaded, loaded_spec = load_checkpoint(tmp_path / "model.pt")
-    assert loaded_spec == spec
+    assert loaded_spec == shape
     x = torch.rand(3, 28, 28)
     torch.testing.assert_close(loaded(x), model(x))
 

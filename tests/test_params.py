@@ -5,19 +5,23 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import PROJECT_ROOT, write_params
 from fashion_mlp.cli import app
 from fashion_mlp.errors import PipelineError
 from fashion_mlp.params import load_params
+from helpers.data import NEUTRAL_OPTIONS, PROJECT_ROOT, write_params
 
 
-def test_project_params_give_the_d2l_setup():
+def test_the_d2l_models_keep_the_chapters_recipe_and_no_option():
+    """d2l's MLP chapter: SGD lr 0.1, batch 256, 10 epochs, normal(0, 0.01), no extras."""
     params = load_params(PROJECT_ROOT / "params.yaml")
-    mlp1, mlp2 = params.run_config("mlp1"), params.run_config("mlp2")
-    assert mlp1.model.hidden == [256] and mlp2.model.hidden == [256, 128]
-    assert (mlp1.train.lr, mlp1.train.batch_size, mlp1.train.epochs) == (0.1, 256, 10)
-    assert (mlp1.train.optimizer, mlp1.train.init_std) == ("sgd", 0.01)
-    assert mlp1.model.describe() == "784-256-10 relu"
+    for name, hidden in (("mlp1", [256]), ("mlp2", [256, 128])):
+        config = params.run_config(name)
+        assert config.model.hidden == hidden and config.model.activation == "relu"
+        train = config.train
+        assert (train.optimizer, train.lr, train.momentum, train.weight_decay) == ("sgd", 0.1, 0, 0)
+        assert (train.batch_size, train.epochs, train.init_std) == (256, 10, 0.01)
+        assert train.lr_schedule == "constant"
+        assert {key: getattr(train, key) for key in NEUTRAL_OPTIONS} == NEUTRAL_OPTIONS
 
 
 def test_model_entry_overrides_train_keys_for_that_model_only(tmp_path, params):
@@ -43,7 +47,7 @@ def _set(params: dict, dotted: str, value) -> None:
         ("train.batch_size", 0, "train.batch_size = 0"),
         ("train.optimizer", "rmsprop", "train.optimizer = 'rmsprop'"),
         ("train.lr", "0.1", "train.lr = '0.1'"),
-        ("models.mlp1.activation", "gelu", "models.mlp1.activation = 'gelu'"),
+        ("models.mlp1.activation", "swish", "models.mlp1.activation = 'swish'"),
         ("models.mlp1.hidden", [], "models.mlp1.hidden = []"),
         ("models.mlp1.hidden", [256, 1.5], "models.mlp1.hidden.1 = 1.5"),
         ("models.mlp1.lr", 0, "models.mlp1.lr = 0"),
@@ -51,6 +55,15 @@ def _set(params: dict, dotted: str, value) -> None:
         ("train.sead", 1, "train.sead = 1: unknown key (did you mean 'seed'?)"),
         ("models.mlp1.hiden", [8], "models.mlp1.hiden = [8]: unknown key (did you mean 'hidden'?)"),
         ("train.device", "tpu", "train.device = 'tpu': Input should be 'auto', 'cpu' or 'cuda'"),
+        ("train.lr", float("inf"), "train.lr = inf: Input should be a finite number"),
+        ("train.init_std", float("nan"), "train.init_std = nan: Input should be a finite number"),
+        ("models.mlp1.weight_decay", float("inf"), "models.mlp1.weight_decay = inf"),
+        ("train.epochs", 10**30, "train.epochs = 10000000000000000000000000000"),
+        ("train.seed", 2**64, "train.seed = 18446744073709551616"),
+        ("models.mlp1.hidden", [2**40], "models.mlp1.hidden.0 = 1099511627776"),
+        ("train.batch_norm", "yes", "train.batch_norm = 'yes': Input should be a valid boolean"),
+        ("train.augment_shift", 30, "train.augment_shift = 30"),
+        ("train.warmup_epochs", 3, "train: warmup_epochs = 3 is longer than epochs = 2"),
     ],
 )
 def test_bad_value_is_refused_naming_key_and_value(tmp_path, params, key, value, expected):
@@ -87,6 +100,36 @@ def test_unknown_section_and_unreadable_files_are_named(tmp_path, params):
         load_params(tmp_path / "broken.yaml")
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["mlp1\n", "-rf", ".hidden", "a" * 65, "a/b", "mlp one", 7],
+    ids=["trailing-newline", "option-like", "dot", "too-long", "slash", "space", "number"],
+)
+def test_model_names_unusable_as_folder_or_argument_are_refused(tmp_path, params, name):
+    params["models"][name] = {"hidden": [8], "activation": "relu"}
+    loaded = load_params(write_params(tmp_path / "p.yaml", params))
+    with pytest.raises(PipelineError, match="a model name is 1 to 64 letters, digits") as caught:
+        loaded.run_config("mlp1")
+    assert "\n" not in str(caught.value).replace("\\n", "")
+
+
+def test_a_key_written_twice_is_refused_naming_both_lines(tmp_path):
+    (tmp_path / "p.yaml").write_text("train:\n  lr: 0.1\n  epochs: 3\n  lr: 50.0\n")
+    with pytest.raises(PipelineError) as caught:
+        load_params(tmp_path / "p.yaml")
+    assert str(caught.value) == (
+        f"{tmp_path / 'p.yaml'}: not valid YAML (key 'lr' appears twice (lines 2 and 4); keep one)"
+    )
+
+
+def test_a_folder_or_a_non_utf8_file_as_params_is_one_line(tmp_path):
+    with pytest.raises(PipelineError, match="is a folder; pass the params file itself"):
+        load_params(tmp_path)
+    (tmp_path / "latin1.yaml").write_bytes("train:\n  lr: 0.1 # caf\xe9\n".encode("latin-1"))
+    with pytest.raises(PipelineError, match=r"latin1.yaml: not UTF-8 text \(byte 22: .*save it"):
+        load_params(tmp_path / "latin1.yaml")
+
+
 def test_cli_stops_before_any_work_with_one_line_and_nonzero_exit(workdir: Path, params):
     params["models"]["mlp1"]["activation"] = "swish"
     write_params(workdir / "params.yaml", params)
@@ -94,7 +137,7 @@ def test_cli_stops_before_any_work_with_one_line_and_nonzero_exit(workdir: Path,
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
         "error: params.yaml: models.mlp1.activation = 'swish': "
-        "Input should be 'relu', 'sigmoid' or 'tanh'"
+        "Input should be 'relu', 'sigmoid', 'tanh', 'gelu' or 'elu'"
     ]
     assert not (workdir / "models").exists()
     assert not (workdir.parent / "mlflow.db").exists()

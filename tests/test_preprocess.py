@@ -2,17 +2,19 @@
 
 import gzip
 import struct
+import tracemalloc
 
 import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import synthetic_split
 from fashion_mlp.cli import app
-from fashion_mlp.download import RAW_FILES
+from fashion_mlp.dataset import MAX_IMAGES, RAW_FILES
 from fashion_mlp.errors import PipelineError
-from fashion_mlp.preprocess import load_split, preprocess
+from fashion_mlp.preprocess import preprocess, read_idx_images
+from fashion_mlp.splits import carve_validation, load_split
+from helpers.data import synthetic_split
 
 
 def test_tensors_have_the_documented_shapes_dtypes_and_content(tmp_path, synthetic_raw):
@@ -55,7 +57,8 @@ def _rewrite(path, transform):
         (
             "test_labels",
             lambda d: b"\x00\x00\x08\x03" + d[4:],
-            r"the header says 100 x \d+ x \d+ = \d+ bytes of data, the file holds 92$",
+            r"the header says 100 x \d+ x \d+ = \d+ bytes of data, more than a \d+-byte gzip file "
+            r"can hold \(refused before decompressing\)",
         ),
         ("test_labels", lambda d: d[:4] + struct.pack(">I", 99) + d[8:107], "99 labels for 100"),
     ],
@@ -84,3 +87,125 @@ def test_cli_preprocess_missing_raw_files_says_what_to_run(workdir):
     result = CliRunner().invoke(app, ["preprocess", "--raw-dir", "nothing-here"])
     assert result.exit_code == 1
     assert "not found; run `fashion-mlp download` first" in result.stderr
+
+
+def peak_memory(function) -> tuple[object, int]:
+    """(what `function` returned or raised, the peak bytes Python allocated meanwhile)."""
+    tracemalloc.start()
+    try:
+        outcome = function()
+    except PipelineError as err:
+        outcome = err
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return outcome, peak
+
+
+def test_a_small_gzip_claiming_millions_of_images_is_refused_before_decompressing(tmp_path):
+    header = struct.pack(">HBBIII", 0, 0x08, 3, 5_000_000, 28, 28)
+    path = tmp_path / "bomb-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(header + bytes(2_000_000)))
+    outcome, peak = peak_memory(lambda: read_idx_images(path))
+    assert isinstance(outcome, PipelineError)
+    assert f"claims 5000000 items; Fashion-MNIST files hold at most {MAX_IMAGES}" in str(outcome)
+    assert peak < 5_000_000
+
+    header = struct.pack(">HBBIII", 0, 0x08, 3, 90_000, 28, 28)  # 70 MB claimed, 2 KB given
+    path.write_bytes(gzip.compress(header + bytes(2_000)))
+    outcome, peak = peak_memory(lambda: read_idx_images(path))
+    assert "more than a" in str(outcome) and "refused before decompressing" in str(outcome)
+    assert peak < 5_000_000
+
+
+def test_reading_the_first_images_decompresses_only_those(tmp_path):
+    """`predict --limit 1` on a large (legitimate) file reads one image, not all of them."""
+    images = np.zeros((90_000, 28, 28), np.uint8)
+    images[0, 5, 5] = 255
+    path = tmp_path / "many-idx3-ubyte.gz"
+    path.write_bytes(
+        gzip.compress(struct.pack(">HBBIII", 0, 0x08, 3, *images.shape) + images.tobytes())
+    )
+    first, peak = peak_memory(lambda: read_idx_images(path, limit=1))
+    assert first.shape == (1, 28, 28) and first[0, 5, 5] == 255
+    assert peak < 5_000_000
+    assert read_idx_images(path).shape == (90_000, 28, 28)
+
+
+def _save_split(folder, images, labels):
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"images": images, "labels": labels}, folder / "train.pt")
+
+
+@pytest.mark.parametrize(
+    ("images", "labels", "problem"),
+    [
+        (
+            torch.rand(10, 28, 28),
+            torch.arange(10),
+            "images are torch.float32, expected torch.uint8",
+        ),
+        (torch.full((10, 28, 28), float("nan")), torch.arange(10), "images are torch.float32"),
+        (torch.zeros(10, 28, 28, dtype=torch.uint8), torch.arange(10) + 5, "labels range 5..14"),
+        (torch.zeros(10, 28, 28, dtype=torch.uint8), -torch.arange(10), "labels range -9..0"),
+        (torch.zeros(10, 784, dtype=torch.uint8), torch.arange(10), "shape (10, 784), expected N"),
+        (torch.zeros(10, 28, 28, dtype=torch.uint8), torch.arange(9), "9 labels for 10 images"),
+        (
+            torch.zeros(10, 28, 28, dtype=torch.uint8),
+            torch.arange(10).int(),
+            "labels are torch.int32",
+        ),
+    ],
+    ids=["float-0-1", "nan", "labels-above-9", "negative-labels", "flat", "count", "int32"],
+)
+def test_processed_data_that_is_not_ours_is_refused_in_one_line(tmp_path, images, labels, problem):
+    _save_split(tmp_path, images, labels)
+    with pytest.raises(PipelineError) as caught:
+        load_split(tmp_path, "train")
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'train.pt'}: ") and problem in message
+    assert message.endswith("rerun `fashion-mlp preprocess` (or `dvc repro preprocess`)")
+
+
+def test_a_file_that_is_not_a_split_at_all_is_refused(tmp_path):
+    (tmp_path / "train.pt").write_bytes(b"certainly not a zip archive")
+    with pytest.raises(PipelineError, match=r"train.pt: not a processed split \("):
+        load_split(tmp_path, "train")
+    torch.save({"pixels": torch.zeros(1)}, tmp_path / "train.pt")
+    with pytest.raises(
+        PipelineError, match=r"expected a dict of images and labels, got \['pixels'\]"
+    ):
+        load_split(tmp_path, "train")
+
+
+def test_float_images_stop_the_train_stage_before_any_training(workdir, params):
+    """Images already scaled to [0, 1] used to train to chance accuracy (0.10) with exit 0."""
+    from helpers.data import declared_params, write_params
+
+    _save_split(workdir / "data/processed", torch.rand(300, 28, 28), torch.arange(300) % 10)
+    torch.save(
+        {"images": torch.zeros(100, 28, 28, dtype=torch.uint8), "labels": torch.arange(100) % 10},
+        workdir / "data/processed/test.pt",
+    )
+    write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
+    result = CliRunner().invoke(app, ["train", "mlp1", "--no-progress"])
+    assert result.exit_code == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: data/processed/train.pt: images are torch.float32")
+    assert not (workdir / "models").exists()
+
+
+def test_the_validation_split_is_seeded_disjoint_and_complete(tmp_path, synthetic_raw):
+    source, _ = synthetic_raw
+    train = preprocess(source, tmp_path / "processed")["train"]
+    rest, validation = carve_validation(train, 60, seed=3)
+    assert (len(rest), len(validation)) == (240, 60)
+    again_rest, again_validation = carve_validation(train, 60, seed=3)
+    assert torch.equal(validation.images, again_validation.images)
+    assert torch.equal(rest.labels, again_rest.labels)
+    _, other = carve_validation(train, 60, seed=4)
+    assert not torch.equal(validation.images, other.images)
+    # Every training image is in exactly one part.
+    together = torch.cat([rest.images, validation.images]).flatten(1)
+    assert torch.equal(together.unique(dim=0), train.images.flatten(1).unique(dim=0))
+    with pytest.raises(PipelineError, match="validation size 300 must be between 1 and 299"):
+        carve_validation(train, 300, seed=0)

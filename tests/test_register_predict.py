@@ -1,4 +1,4 @@
-"""register, predict and serving: the best model becomes `champion` and classifies images."""
+"""register, predict and serving: the declared champion classifies images; nothing unsafe loads."""
 
 import json
 import subprocess
@@ -8,46 +8,46 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from conftest import (
-    VENV_BIN,
-    declared_params,
-    free_port,
-    stage_env,
-    synthetic_split,
-    write_params,
-)
-from fashion_mlp.cli import app
-from fashion_mlp.preprocess import CLASS_NAMES
+from fashion_mlp.dataset import CLASS_NAMES
+from helpers.data import synthetic_split, write_params
+from helpers.process import VENV_BIN, free_port, stage_env
 
 TEST_IMAGES, TEST_LABELS = synthetic_split(100, seed=2)
 
 
 @pytest.fixture
-def registered(evaluated, params):
-    write_params(evaluated / "params.yaml", declared_params(params, "register"))
-    result = CliRunner().invoke(app, ["register"])
+def registered(evaluated):
+    evaluated.use_params("register")
+    result = evaluated.invoke("register")
     assert result.exit_code == 0, result.output
     return evaluated
 
 
-def test_register_makes_the_most_accurate_model_champion(registered, params):
+def test_register_makes_the_declared_champion_champion_once(registered):
     import mlflow
 
-    scores = {
-        m: json.loads((registered / f"metrics/{m}.json").read_text())["test_acc"]
-        for m in ("mlp1", "mlp2")
-    }
-    champion = json.loads((registered / "reports/champion.json").read_text())
-    assert champion["model"] == max(scores, key=scores.get)
+    champion = json.loads((registered.folder / "reports/champion.json").read_text())
+    assert champion["model"] == registered.params["mlflow"]["champion"] == "mlp2"
     assert champion["uri"] == "models:/fashion-mlp@champion"
-    mlflow.set_tracking_uri(params["mlflow"]["tracking_uri"])
-    version = mlflow.MlflowClient().get_model_version_by_alias("fashion-mlp", "champion")
+    mlflow.set_tracking_uri(registered.store)
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias("fashion-mlp", "champion")
     assert version.run_id == champion["run_id"]
-    run_json = registered / f"models/{champion['model']}/run.json"
+    run_json = registered.folder / "models/mlp2/run.json"
     assert json.loads(run_json.read_text())["run_id"] == champion["run_id"]
+    # Registering the same run again adds no version.
+    assert registered.invoke("register").exit_code == 0
+    assert len(client.search_model_versions("name = 'fashion-mlp'")) == 1
+
+
+def test_register_loads_mlflow_but_not_torch(evaluated):
+    from test_evaluate_compare import heavy_modules_loaded
+
+    evaluated.use_params("register")
+    assert heavy_modules_loaded(evaluated, "register") == {"mlflow"}
 
 
 def png(path: Path, array: np.ndarray, mode: str = "L") -> Path:
@@ -55,12 +55,16 @@ def png(path: Path, array: np.ndarray, mode: str = "L") -> Path:
     return path
 
 
-def test_predict_classifies_png_and_idx_files_with_the_champion(registered, params):
-    write_params(registered / "params.yaml", params)
+def test_predict_classifies_png_and_idx_files_with_the_champion(registered):
+    # mlp1 learns the synthetic classes in two epochs; make it the champion.
+    registered.params["mlflow"]["champion"] = "mlp1"
+    registered.use_params("register")
+    assert registered.invoke("register").exit_code == 0
+    write_params(registered.folder / "params.yaml", registered.params)
     index = 7
-    image = png(registered / "garment.png", TEST_IMAGES[index])
-    idx_file = Path(params["data"]["local_dir"]) / "t10k-images-idx3-ubyte.gz"
-    result = CliRunner().invoke(app, ["predict", str(image), str(idx_file), "--limit", "3"])
+    image = png(registered.folder / "garment.png", TEST_IMAGES[index])
+    idx_file = Path(registered.params["data"]["local_dir"]) / "t10k-images-idx3-ubyte.gz"
+    result = registered.invoke("predict", str(image), str(idx_file), "--limit", "3")
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
     assert lines[0].startswith(f"{image}: {CLASS_NAMES[TEST_LABELS[index]]} ")
@@ -71,17 +75,57 @@ def test_predict_classifies_png_and_idx_files_with_the_champion(registered, para
         assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
 
 
-def test_predict_with_a_local_checkpoint_needs_no_registry(registered, params):
-    write_params(registered / "params.yaml", params)
-    image = png(registered / "garment.png", TEST_IMAGES[3])
-    result = CliRunner().invoke(
-        app, ["predict", str(image), "--model", "models/mlp1/model.pt", "--top", "1"]
-    )
+def test_predict_with_a_local_checkpoint_needs_no_registry(trained):
+    write_params(trained.folder / "params.yaml", trained.params)
+    image = png(trained.folder / "garment.png", TEST_IMAGES[3])
+    result = trained.invoke("predict", str(image), "--model", "models/mlp1/model.pt", "--top", "1")
     assert result.exit_code == 0, result.output
-    assert (
-        result.output.strip()
-        == f"{image}: {CLASS_NAMES[TEST_LABELS[3]]} " + (result.output.strip().rsplit(" ", 1)[1])
+    label, probability = result.output.strip().removeprefix(f"{image}: ").rsplit(" ", 1)
+    assert label == CLASS_NAMES[TEST_LABELS[3]] and 0.1 < float(probability) <= 1
+
+
+class CreatesFileWhenUnpickled(torch.nn.Module):
+    """A 'model' whose unpickling runs code: it creates a file."""
+
+    def __init__(self, marker: Path):
+        super().__init__()
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def plant_pickle_champion(store: str, marker: Path, experiment: str = "fashion-mlp") -> None:
+    """What an attacker with write access did: log a pickle-format model, register it and move
+    the champion alias to it."""
+    import mlflow
+
+    mlflow.set_tracking_uri(store)
+    with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name(experiment).experiment_id):
+        info = mlflow.pytorch.log_model(
+            CreatesFileWhenUnpickled(marker),
+            name="model",
+            serialization_format="pickle",
+            pip_requirements=["torch"],  # MLflow's inference would load (and so run) it
+        )
+    version = mlflow.register_model(info.model_uri, experiment)
+    mlflow.MlflowClient().set_registered_model_alias(experiment, "champion", version.version)
+    assert not marker.exists()
+
+
+def test_a_planted_pickle_champion_is_refused_and_never_runs(registered):
+    marker = registered.folder / "payload-ran"
+    plant_pickle_champion(registered.store, marker)
+    write_params(registered.folder / "params.yaml", registered.params)
+    image = png(registered.folder / "garment.png", TEST_IMAGES[0])
+    result = registered.invoke("predict", str(image))
+    assert result.exit_code == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(
+        "error: refusing model models:/fashion-mlp@champion: it is not in MLflow's safe pt2 "
+        "format (its data holds model.pth, pickle_module_info.txt)"
     )
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize(
@@ -90,34 +134,78 @@ def test_predict_with_a_local_checkpoint_needs_no_registry(registered, params):
         (lambda p: png(p, np.zeros((32, 32), np.uint8)), "expected 28 x 28 pixels, got 32 x 32"),
         (lambda p: png(p, np.zeros((28, 28), np.uint8), "RGB"), "expected 8-bit grayscale"),
         (lambda p: p.write_text("not an image") and p, "not a readable image"),
+        (
+            lambda p: png(p, np.zeros((1, 1), np.uint8)).write_bytes(huge_png()) and p,
+            "expected 28 x 28 pixels, refused before decoding: Image size (10000000000 pixels) "
+            "exceeds limit of",
+        ),
     ],
-    ids=["wrong-size", "colour", "not-an-image"],
+    ids=["wrong-size", "colour", "not-an-image", "decompression-bomb"],
 )
 def test_a_bad_image_is_one_clear_line(workdir, params, make, message):
     write_params(workdir / "params.yaml", params)
     path = workdir / "bad.png"
     make(path)
+    from typer.testing import CliRunner
+
+    from fashion_mlp.cli import app
+
     result = CliRunner().invoke(app, ["predict", str(path), "--model", "unused"])
     assert result.exit_code == 1
     assert result.stderr.startswith(f"error: {path}: {message}")
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.slow
-def test_mlflow_serves_the_champion_over_http(registered, params):
-    port = free_port()
-    # The server starts `uvicorn` by name: stage_env puts the venv's bin on PATH.
-    env = stage_env(MLFLOW_TRACKING_URI=params["mlflow"]["tracking_uri"])
-    mlflow_cli = str(VENV_BIN / "mlflow")
-    server = subprocess.Popen(
-        [
-            *(mlflow_cli, "models", "serve", "-m", "models:/fashion-mlp@champion"),
-            *("--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+def huge_png() -> bytes:
+    """A 100,000 x 100,000 grayscale PNG header (10 GB of pixels claimed) with a tiny body."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    body = zlib.compress(b"\x00" * 1000)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
     )
+
+
+@pytest.mark.slow
+def test_mlflow_serves_the_champion_over_http_and_refuses_a_pickle_one(registered):
+    """The README's serve command, with pickle loading off: the real champion answers; after a
+    pickle model is planted as champion, the server refuses to load it and the payload never
+    runs."""
+    registered.params["mlflow"]["champion"] = "mlp1"
+    registered.use_params("register")
+    assert registered.invoke("register").exit_code == 0
+    # The README's command: the server starts `uvicorn` by name (stage_env puts the venv first).
+    env = stage_env(
+        MLFLOW_TRACKING_URI=registered.store, MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false"
+    )
+
+    def serve(port: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            [
+                *(
+                    str(VENV_BIN / "mlflow"),
+                    "models",
+                    "serve",
+                    "-m",
+                    "models:/fashion-mlp@champion",
+                ),
+                *("--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    port = free_port()
+    server = serve(port)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -141,3 +229,11 @@ def test_mlflow_serves_the_champion_over_http(registered, params):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+    marker = registered.folder / "payload-ran"
+    plant_pickle_champion(registered.store, marker)
+    refused = serve(free_port())
+    output, _ = refused.communicate(timeout=120)
+    assert refused.returncode != 0
+    assert "Deserializing model using pickle is disallowed" in output
+    assert not marker.exists()

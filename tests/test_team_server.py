@@ -1,188 +1,222 @@
-"""The team setup: the tiny pipeline, unchanged, against a real `mlflow server` on PostgreSQL.
+"""The team setup: an authenticated `mlflow server` on PostgreSQL, the pipeline unchanged.
 
-A PostgreSQL cluster (Debian's `postgresql` package) and an `mlflow server` that proxies
-artifacts start on 127.0.0.1 for this module; `dvc repro` then runs with MLFLOW_TRACKING_URI
-pointing at the server, and the runs, metrics and model are read back through the client.
-Skipped where PostgreSQL is not installed, except under CI (`.ci/run` installs it).
+One server (basic-auth, PostgreSQL for runs and for users, artifacts proxied) serves the whole
+test session (conftest's `team_server`). Each test uses its own experiment name. Skipped where
+PostgreSQL is not installed, except under CI (`make test` installs it).
 """
 
-import os
-import shutil
+import json
 import subprocess
-import tempfile
-import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from conftest import (
-    VENV_BIN,
-    free_port,
-    stage_env,
-    tiny_params,
-    train_at_once,
-    write_params,
-    write_synthetic_raw,
-)
 from fashion_mlp.preprocess import preprocess
-from test_dvc_pipeline import make_project, run, stages_run
+from helpers.data import synthetic_split, tiny_params, write_params, write_synthetic_raw
+from helpers.process import CLI, run, stage_env, train_at_once
+from helpers.servers import TeamServer, environment
+from test_dvc_pipeline import make_project, stages_run
+from test_register_predict import plant_pickle_champion
 
 pytestmark = pytest.mark.slow
-POSTGRES_BINARIES = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-MLFLOW = str(VENV_BIN / "mlflow")
 
 
-def as_postgres_user(command: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root; CI runs as root."""
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+def team_project(tmp_path: Path, experiment: str) -> Path:
+    checksums = write_synthetic_raw(tmp_path / "source")
+    params = tiny_params(tmp_path / "source", checksums, "sqlite:///mlflow.db")
+    params["mlflow"] |= {"experiment": experiment, "champion": "mlp1"}
+    return make_project(tmp_path / "project", params)
 
 
-def wait_until(ready, what: str, log: Path, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while not ready():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not start in {seconds} s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
+def team_setup(server: TeamServer, project: Path, *users: str) -> str:
+    options = [option for user in users for option in ("--user", user)]
+    return run([CLI, "team-setup", *options], project, env=server.as_admin())
 
 
-@pytest.fixture(scope="module")
-def postgres():
-    if not POSTGRES_BINARIES:
-        reason = "PostgreSQL server not installed (apt-get install postgresql)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must run the team-server test: {reason}")
-        pytest.skip(reason)
-    binaries = POSTGRES_BINARIES[-1].parent
-    # Not under pytest's tmp_path: its parents are private to root, and the server runs as
-    # the postgres user.
-    folder = Path(tempfile.mkdtemp(prefix="fashion-mlp-postgres-"))
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres", "postgres")
-    data, log, port = folder / "data", folder / "server.log", free_port()
-    subprocess.run(
-        as_postgres_user(
-            [str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "mlflow", "--no-sync"]
-        ),
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        as_postgres_user(
-            [
-                str(binaries / "pg_ctl"),
-                "-D",
-                str(data),
-                "-l",
-                str(log),
-                "-w",
-                "-o",
-                f"-p {port} -k {folder} -c listen_addresses=127.0.0.1",
-                "start",
-            ]
-        ),
-        check=True,
-        capture_output=True,
-    )
+def request(server: TeamServer, method: str, path: str, body: dict | None = None, auth=None):
+    """A raw HTTP request, as `curl` would send it; returns the status code."""
+    import base64
+
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    call = urllib.request.Request(server.uri + path, data=data, method=method, headers=headers)
     try:
-        yield f"postgresql://mlflow@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(
-            as_postgres_user(
-                [str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]
-            ),
-            capture_output=True,
+        with urllib.request.urlopen(call, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_anonymous_requests_are_refused_and_delete_nothing(team_server, tmp_path):
+    project = team_project(tmp_path, "anonymous-refused")
+    team_setup(team_server, project)
+    with environment(team_server.as_admin()):
+        import mlflow
+
+        experiment = mlflow.MlflowClient(team_server.uri).get_experiment_by_name(
+            "anonymous-refused"
         )
-        shutil.rmtree(folder, ignore_errors=True)
+    search = "/api/2.0/mlflow/experiments/search"
+    assert request(team_server, "POST", search, {"max_results": 10}) == 401
+    delete = "/api/2.0/mlflow/experiments/delete"
+    assert request(team_server, "POST", delete, {"experiment_id": experiment.experiment_id}) == 401
+    alias = "/api/2.0/mlflow/registered-models/alias"
+    assert request(team_server, "DELETE", alias, {"name": "anonymous-refused", "alias": "c"}) == 401
+    with environment(team_server.as_admin()):
+        still = mlflow.MlflowClient(team_server.uri).get_experiment(experiment.experiment_id)
+    assert still.lifecycle_stage == "active"
 
 
-@pytest.fixture(scope="module")
-def server(postgres, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    port, log = free_port(), folder / "server.log"
-    with log.open("w") as stream:
-        process = subprocess.Popen(
-            [
-                MLFLOW,
-                "server",
-                "--backend-store-uri",
-                postgres,
-                "--artifacts-destination",
-                str(folder / "artifacts"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            ],
-            stdout=stream,
-            stderr=subprocess.STDOUT,
-        )
-    uri = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        assert process.poll() is None, log.read_text()[-3000:]
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-    wait_until(healthy, "mlflow server", log)
-    yield uri
-    process.terminate()
-    process.wait(timeout=30)
-
-
-def test_the_pipeline_runs_unchanged_against_a_postgres_backed_server(server, tmp_path):
+def test_team_members_run_the_unchanged_pipeline_with_their_own_credentials(team_server, tmp_path):
     import mlflow
     import torch
 
-    checksums = write_synthetic_raw(tmp_path / "source")
-    project = make_project(
-        tmp_path / "project", tiny_params(tmp_path / "source", checksums, "sqlite:///mlflow.db")
-    )
-    output = run(["dvc", "repro"], project, env={"MLFLOW_TRACKING_URI": server})
+    alice, bob = "alice-pipeline", "bob-pipeline"
+    passwords = {user: team_server.add_user(user) for user in (alice, bob)}
+    project = team_project(tmp_path, "team-pipeline")
+    assert "EDIT for alice-pipeline, bob-pipeline" in team_setup(team_server, project, alice, bob)
+
+    alice_env = team_server.credentials(alice, passwords[alice])
+    output = run(["dvc", "repro"], project, env=alice_env)
     assert {"train@mlp1", "train@mlp2", "evaluate@mlp1", "register"} <= stages_run(output)
     assert not (project / "mlflow.db").exists(), "the server, not the params' sqlite, is used"
+    # Bob, a member too, is not locked out of what Alice's stages wrote into.
+    bob_env = team_server.credentials(bob, passwords[bob])
+    run([CLI, "train", "mlp2", "--no-progress", "--out-dir", "models/bob"], project, env=bob_env)
 
-    client = mlflow.MlflowClient(tracking_uri=server)
-    mlflow.set_tracking_uri(server)
-    runs = mlflow.search_runs(experiment_names=["fashion-mlp"], output_format="list")
-    assert sorted(tracked.info.run_name for tracked in runs) == ["mlp1", "mlp2"]
-    for tracked in runs:
-        run_id = tracked.info.run_id
-        assert tracked.info.status == "FINISHED"
-        assert tracked.data.params["hidden"] in {"32", "32,16"}
-        for key in ("train_loss", "train_acc", "test_acc", "epoch_seconds"):
-            assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2]
-        assert "final_test_loss" in tracked.data.metrics  # logged by evaluate, same run
-        artifacts = {a.path for a in client.list_artifacts(run_id, "evaluation")}
+    with environment(alice_env):
+        client = mlflow.MlflowClient(team_server.uri)
+        mlflow.set_tracking_uri(team_server.uri)
+        runs = mlflow.search_runs(experiment_names=["team-pipeline"], output_format="list")
+        assert sorted(r.info.run_name for r in runs) == ["mlp1", "mlp2", "mlp2"]
+        assert {r.info.user_id for r in runs} == {alice, bob}
+        for tracked in runs:
+            assert tracked.info.status == "FINISHED"
+            assert [m.step for m in client.get_metric_history(tracked.info.run_id, "test_acc")] == [
+                1,
+                2,
+            ]
+        first = next(r for r in runs if r.info.user_id == alice and r.info.run_name == "mlp1")
+        assert "final_test_loss" in first.data.metrics  # logged by evaluate, same run
+        artifacts = {a.path for a in client.list_artifacts(first.info.run_id, "evaluation")}
         assert "evaluation/confusion_matrix.png" in artifacts
-        model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")  # through the proxy
+        model = mlflow.pytorch.load_model(f"runs:/{first.info.run_id}/model")  # via the proxy
         assert model(torch.rand(3, 28, 28)).shape == (3, 10)
-    champion = client.get_model_version_by_alias("fashion-mlp", "champion")
-    assert champion.run_id in {tracked.info.run_id for tracked in runs}
+        champion = client.get_model_version_by_alias("team-pipeline", "champion")
+        assert champion.run_id == first.info.run_id
 
 
-def test_parallel_stages_share_one_new_experiment_on_the_server(server, tmp_path):
+def test_a_user_without_permission_cannot_write_and_is_told_so(team_server, tmp_path):
+    import mlflow
+
+    member, outsider = "carol-member", "mallory-outsider"
+    member_password = team_server.add_user(member)
+    outsider_password = team_server.add_user(outsider)
+    project = team_project(tmp_path, "permissions")
+    team_setup(team_server, project, member)
+    run([CLI, "preprocess", "--raw-dir", str(tmp_path / "source")], project)
+    env = stage_env(**team_server.credentials(outsider, outsider_password))
+    result = subprocess.run(
+        [CLI, "train", "mlp1", "--no-progress"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: MLflow tracking store {team_server.uri}: permission denied for user "
+        f"{outsider} (HTTP 403); ask the server's admin to run `fashion-mlp team-setup` or grant "
+        "you EDIT on the experiment"
+    )
+    assert not (project / "models").exists()
+    # Nor through the API: a member's run can be read, not deleted, by the outsider.
+    member_env = team_server.credentials(member, member_password)
+    run([CLI, "train", "mlp1", "--no-progress"], project, env=member_env)
+    run_id = json.loads((project / "models/mlp1/run.json").read_text())["run_id"]
+    auth = (outsider, outsider_password)
+    assert (
+        request(team_server, "GET", f"/api/2.0/mlflow/runs/get?run_id={run_id}", auth=auth) == 200
+    )
+    delete = request(team_server, "POST", "/api/2.0/mlflow/runs/delete", {"run_id": run_id}, auth)
+    assert delete == 403
+    with environment(member_env):
+        assert mlflow.MlflowClient(team_server.uri).get_run(run_id).info.lifecycle_stage == "active"
+
+
+@pytest.mark.parametrize("password", ["wrong-password", None], ids=["wrong", "missing"])
+def test_a_wrong_or_missing_password_fails_the_stage_with_one_line(team_server, tmp_path, password):
+    project = team_project(tmp_path, "credentials")
+    run([CLI, "preprocess", "--raw-dir", str(tmp_path / "source")], project)
+    env = stage_env(MLFLOW_TRACKING_URI=team_server.uri)
+    if password:
+        env |= {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
+    result = subprocess.run(
+        [CLI, "train", "mlp1", "--no-progress"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: MLflow tracking store {team_server.uri}: the server refused the credentials "
+        "(HTTP 401); set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to your account "
+        "on it"
+    ]
+    assert not (project / "models").exists()
+
+
+def test_a_pickle_champion_planted_on_the_server_is_refused_and_never_runs(team_server, tmp_path):
+    member = "dave-member"
+    password = team_server.add_user(member)
+    project = team_project(tmp_path, "planted")
+    team_setup(team_server, project, member)
+    env = team_server.credentials(member, password)
+    run(["dvc", "repro"], project, env=env)
+    marker = tmp_path / "payload-ran"
+    # The attacker here is any account with EDIT: the registry must not be trusted either.
+    with environment(env):
+        plant_pickle_champion(team_server.uri, marker, experiment="planted")
+    images, _ = synthetic_split(1, seed=0)
+    Image.fromarray(images[0]).save(project / "garment.png")
+    result = subprocess.run(
+        [CLI, "predict", "garment.png"],
+        cwd=project,
+        env=stage_env(**env),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert "refusing model models:/planted@champion: it is not in MLflow's safe pt2" in (
+        result.stderr
+    )
+    assert not marker.exists()
+
+
+def test_parallel_stages_share_one_new_experiment_on_the_server(team_server, tmp_path):
     """Three train stages at once, each finding no experiment and creating it: one wins, the
     others use it, and every run arrives."""
     import mlflow
 
+    member = "erin-parallel"
+    password = team_server.add_user(member)
     checksums = write_synthetic_raw(tmp_path / "source")
     params = tiny_params(tmp_path / "source", checksums, "sqlite:///unused.db")
     params["mlflow"]["experiment"] = "parallel-on-a-fresh-server"
     write_params(tmp_path / "params.yaml", params)
     preprocess(tmp_path / "source", tmp_path / "data/processed")
-    train_at_once(
-        [("mlp1", copy) for copy in ("a", "b", "c")],
-        tmp_path,
-        stage_env(MLFLOW_TRACKING_URI=server),
-    )
-    mlflow.set_tracking_uri(server)
-    runs = mlflow.search_runs(
-        experiment_names=[params["mlflow"]["experiment"]], output_format="list"
-    )
+    env = team_server.credentials(member, password)
+    train_at_once([("mlp1", copy) for copy in ("a", "b", "c")], tmp_path, stage_env(**env))
+    with environment(env):
+        mlflow.set_tracking_uri(team_server.uri)
+        runs = mlflow.search_runs(
+            experiment_names=[params["mlflow"]["experiment"]], output_format="list"
+        )
     assert [run.info.status for run in runs] == ["FINISHED"] * 3

@@ -5,9 +5,11 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from conftest import CLI, declared_params, free_port, stage_env, train_at_once, write_params
 from fashion_mlp.preprocess import preprocess
-from fashion_mlp.tracking import HTTP_LIMITS, resolve_tracking_uri
+from fashion_mlp.tracking import HTTP_LIMITS, experiment_url, resolve_tracking_uri
+from helpers.data import declared_params, write_params
+from helpers.filesystems import fill, make_read_only, small_tmpfs
+from helpers.process import CLI, free_port, stage_env, train_at_once
 
 
 def test_relative_sqlite_resolves_against_the_root_and_servers_are_left_alone(tmp_path):
@@ -18,15 +20,24 @@ def test_relative_sqlite_resolves_against_the_root_and_servers_are_left_alone(tm
     assert resolve_tracking_uri("http://host:5000", tmp_path) == "http://host:5000"
 
 
-def train_against(uri: str, workdir: Path, params: dict) -> subprocess.CompletedProcess:
+def test_links_open_the_training_runs_not_the_genai_overview():
+    assert experiment_url("http://127.0.0.1:5000/", "3") == (
+        "http://127.0.0.1:5000/#/experiments/3?workflowType=machine_learning"
+    )
+
+
+def train_against(
+    uri: str, workdir: Path, params: dict, *args: str, **env: str
+) -> subprocess.CompletedProcess:
     """`fashion-mlp train mlp1` in a fresh process (MLflow's HTTP settings are per process)."""
     write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
-    preprocess(params["data"]["local_dir"], workdir / "data/processed")
+    if not (workdir / "data/processed").exists():
+        preprocess(params["data"]["local_dir"], workdir / "data/processed")
     # stage_env drops MLFLOW_* variables, so our HTTP_LIMITS defaults are what applies.
-    env = stage_env(MLFLOW_TRACKING_URI=uri)
+    env = stage_env(MLFLOW_TRACKING_URI=uri, **env)
     # The timeout only guards the test run against a hang; the bound is in the retry count.
     return subprocess.run(
-        [CLI, "train", "mlp1", "--no-progress"],
+        [CLI, "train", "mlp1", "--no-progress", *args],
         cwd=workdir,
         env=env,
         capture_output=True,
@@ -99,3 +110,76 @@ def test_parallel_stages_on_one_sqlite_store_lose_no_run_and_no_metric_step(work
         for key in ("train_loss", "train_acc", "test_acc", "epoch_seconds"):
             steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
             assert steps == [1, 2, 3, 4, 5], (run.info.run_name, key)
+
+
+def only_line(result: subprocess.CompletedProcess) -> str:
+    """The one error line (MLflow may log its own INFO lines when it creates a store)."""
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.stderr.strip().endswith(line)
+    return line
+
+
+def runs_of(store: str) -> list:
+    import mlflow
+
+    mlflow.set_tracking_uri(store)
+    return mlflow.search_runs(experiment_names=["fashion-mlp"], output_format="list")
+
+
+def test_a_soft_deleted_experiment_is_named_with_how_to_restore_it(workdir, params):
+    import mlflow
+
+    store = params["mlflow"]["tracking_uri"]
+    mlflow.set_tracking_uri(store)
+    experiment = mlflow.create_experiment("fashion-mlp")
+    mlflow.delete_experiment(experiment)
+    line = only_line(train_against(store, workdir, params))
+    assert line == (
+        f"error: MLflow experiment 'fashion-mlp' in {store} is deleted; restore it with "
+        f"`MLFLOW_TRACKING_URI={store} mlflow experiments restore --experiment-id {experiment}`, "
+        "or set mlflow.experiment to another name"
+    )
+    assert not (workdir / "models").exists()
+
+
+def test_a_full_disk_under_the_outputs_is_one_line_and_leaves_nothing(workdir, params):
+    store = params["mlflow"]["tracking_uri"]
+    with small_tmpfs(workdir / "small", "64k") as small:
+        result = train_against(store, workdir, params, "--out-dir", str(small / "mlp1"))
+        line = only_line(result)
+        assert line == (
+            f"error: {small / 'mlp1' / 'model.pt'}: no space left on the disk holding it; "
+            "free space and rerun"
+        )
+        assert [path.name for path in small.rglob("*") if path.is_file()] == []
+    (run,) = runs_of(store)
+    assert run.info.status == "FAILED"
+
+
+def test_a_full_disk_under_the_store_is_one_line(workdir, params):
+    with small_tmpfs(workdir / "store", "4m") as folder:
+        store = f"sqlite:///{folder / 'mlflow.db'}"
+        assert train_against(store, workdir, params).returncode == 0  # creates the store
+        fill(folder)
+        line = only_line(train_against(store, workdir, params, "--out-dir", "models/again"))
+        assert line.startswith(f"error: MLflow tracking store {store}: ")
+        assert "the disk holding it is full; free space and rerun" in line
+        assert not (workdir / "models/again").exists()
+
+
+def test_a_read_only_store_is_one_line(workdir, params):
+    with small_tmpfs(workdir / "store", "4m") as folder:
+        store = f"sqlite:///{folder / 'mlflow.db'}"
+        assert train_against(store, workdir, params).returncode == 0
+        make_read_only(folder)
+        line = only_line(train_against(store, workdir, params, "--out-dir", "models/again"))
+        assert line.startswith(f"error: MLflow tracking store {store}: ")
+        assert line.endswith(
+            (
+                "the database file is read-only; make it writable",
+                "it lies on a read-only file system",
+            )
+        )
+        assert not (workdir / "models/again").exists()

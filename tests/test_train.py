@@ -11,15 +11,18 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import CLI, declared_params, train_params, write_params
+from fashion_mlp.artifacts import METRIC_KEYS
 from fashion_mlp.cli import app
 from fashion_mlp.errors import PipelineError
 from fashion_mlp.model import build_mlp, load_checkpoint
 from fashion_mlp.params import ModelSpec, TrainParams
-from fashion_mlp.preprocess import Split, preprocess
-from fashion_mlp.train import METRIC_KEYS, fit, make_optimizer, make_schedule, resolve_device
+from fashion_mlp.preprocess import preprocess
+from fashion_mlp.splits import Split
+from fashion_mlp.train import fit, make_optimizer, make_schedule, resolve_device
+from helpers.data import declared_params, train_params, write_params
+from helpers.process import CLI
 
-SPEC = ModelSpec(hidden=[32], activation="relu")
+SPEC = ModelSpec(hidden=[32], activation="relu", dropout=0.0, batch_norm=False)
 
 
 @pytest.fixture
@@ -29,10 +32,12 @@ def splits(tmp_path, synthetic_raw) -> tuple[Split, Split]:
     return data["train"], data["test"]
 
 
-def run_fit(splits, params, **callbacks):
+def run_fit(splits, params, spec=SPEC, **callbacks):
+    torch.manual_seed(params.seed)
     generator = torch.Generator().manual_seed(params.seed)
-    model = build_mlp(SPEC, params.init_std, generator)
-    return model, fit(model, *splits, params, generator, **callbacks)
+    model = build_mlp(spec, params.init_std, generator)
+    history, kept = fit(model, *splits, params, generator, **callbacks)
+    return kept, history
 
 
 def test_loss_falls_when_overfitting_one_small_batch():
@@ -93,6 +98,8 @@ def test_divergence_stops_naming_the_epoch_and_logs_no_nan(splits, lr, loss):
 def test_cli_train_writes_outputs_and_tracks_the_run_in_mlflow(workdir, params):
     import mlflow
 
+    from fashion_mlp.splits import dvc_digests
+
     params["models"]["mlp2"]["lr"] = 0.25
     write_params(workdir / "params.yaml", declared_params(params, "train", "mlp2"))
     preprocess(params["data"]["local_dir"], workdir / "data/processed")
@@ -115,16 +122,22 @@ def test_cli_train_writes_outputs_and_tracks_the_run_in_mlflow(workdir, params):
     run = mlflow.get_run(run_id)
     assert run.info.run_name == "mlp2" and run.info.status == "FINISHED"
     assert run.data.params["lr"] == "0.25" and run.data.params["hidden"] == "32,16"
-    assert set(run.data.params) == {
-        "model",
-        "hidden",
-        "activation",
-        "dropout",
-        *TrainParams.model_fields,
-    }
-    assert run.data.tags["dvc_stage"] == "train@mlp2"
-    assert run.data.tags["torch_device"] == str(resolve_device("auto"))
-    assert len(run.data.tags["data_md5"]) == 32
+    assert set(run.data.params) == {"model", "hidden", "activation", *TrainParams.model_fields}
+    tags = run.data.tags
+    assert tags["dvc_stage"] == "train@mlp2"
+    assert tags["torch_device"] == str(resolve_device("auto"))
+    assert tags["numerics"] == "mkl-strict"
+    assert tags["torch_threads"] in {"1", "2"} or "," in tags["torch_threads"]
+    assert tags["fashion_mlp.pid"].isdigit() and tags["fashion_mlp.host"]
+    # The data it trained on, as MLflow dataset inputs with the digests dvc.lock would show.
+    folder_md5, file_md5s = dvc_digests(workdir / "data/processed")
+    inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"fashion-mnist-train", "fashion-mnist-test"}
+    train_input = inputs["fashion-mnist-train"]
+    assert train_input.dataset.digest == file_md5s["train.pt"]
+    assert json.loads(train_input.dataset.source)["dvc_md5"] == folder_md5
+    assert [(t.key, t.value) for t in train_input.tags] == [("mlflow.data.context", "training")]
+    assert json.loads(inputs["fashion-mnist-test"].dataset.profile)["images"] == 100
     client = mlflow.MlflowClient()
     for key in METRIC_KEYS:
         steps = [m.step for m in client.get_metric_history(run_id, key)]
@@ -158,7 +171,7 @@ def test_training_on_the_gpu_learns_like_on_the_cpu(splits):
     _, on_cpu = run_fit(splits, params)
     generator = torch.Generator().manual_seed(params.seed)
     model = build_mlp(SPEC, params.init_std, generator).to(resolve_device("cuda"))
-    on_gpu = fit(model, *splits, params, generator)
+    on_gpu, _ = fit(model, *splits, params, generator)
     assert on_gpu[-1]["test_acc"] == pytest.approx(on_cpu[-1]["test_acc"], abs=0.02)
 
 
@@ -173,11 +186,9 @@ def test_cli_train_without_tracking_writes_the_model_but_no_run(workdir, params)
     assert not Path(store).exists()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_interrupt_mid_epoch_leaves_no_output_and_marks_the_run_killed(workdir, params, signum):
-    import mlflow
-
-    # Batches of one image: an epoch is hundreds of steps, so the signal lands inside one.
+def start_long_training(workdir: Path, params: dict) -> subprocess.Popen:
+    """`fashion-mlp train mlp1` as a process, returned once its second epoch is logged."""
+    # Batches of one image: an epoch is hundreds of steps, so a signal lands inside one.
     params["train"] |= {"epochs": 1000, "batch_size": 1}
     write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
     preprocess(params["data"]["local_dir"], workdir / "data/processed")
@@ -191,6 +202,16 @@ def test_interrupt_mid_epoch_leaves_no_output_and_marks_the_run_killed(workdir, 
     for line in process.stdout:
         if "mlp1 epoch 2:" in line:
             break
+    return process
+
+
+@pytest.mark.parametrize(
+    "signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["ctrl-c", "sigterm", "sighup"]
+)
+def test_interrupt_mid_epoch_leaves_no_output_and_marks_the_run_killed(workdir, params, signum):
+    import mlflow
+
+    process = start_long_training(workdir, params)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
 
@@ -203,3 +224,195 @@ def test_interrupt_mid_epoch_leaves_no_output_and_marks_the_run_killed(workdir, 
     assert run.info.status == "KILLED"
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "test_acc")]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 2
+    assert list(out.parent.glob("**/.*.tmp")) == []
+
+
+def test_a_run_whose_process_was_killed_is_closed_by_the_next_training(workdir, params):
+    """SIGKILL (or an OOM kill) leaves no chance to close the run; the next training of the
+    same model finds it by host, pid and process start time, and closes it KILLED."""
+    import mlflow
+
+    process = start_long_training(workdir, params)
+    process.kill()
+    process.communicate(timeout=60)
+    mlflow.set_tracking_uri(params["mlflow"]["tracking_uri"])
+    (orphan,) = mlflow.search_runs(experiment_names=["fashion-mlp"], output_format="list")
+    assert orphan.info.status == "RUNNING"
+
+    params["train"] |= {"epochs": 1, "batch_size": 32}
+    write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
+    result = CliRunner().invoke(app, ["train", "mlp1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    closed = mlflow.get_run(orphan.info.run_id)
+    assert closed.info.status == "KILLED"
+    assert closed.data.tags["fashion_mlp.closed_by"].startswith("its process was gone")
+    newest = mlflow.search_runs(experiment_names=["fashion-mlp"], output_format="list")[0]
+    assert newest.data.tags["fashion_mlp.closed_orphans"] == orphan.info.run_id
+
+
+def test_cleanup_leaves_runs_of_live_processes_and_other_hosts_alone(workdir, params):
+    import mlflow
+
+    from fashion_mlp.tracking import HOST_TAG, PID_TAG, STARTED_TAG, owner_tags
+
+    mlflow.set_tracking_uri(params["mlflow"]["tracking_uri"])
+    experiment = mlflow.create_experiment("fashion-mlp")
+    client = mlflow.MlflowClient()
+    alive = owner_tags()  # this test's own process: alive
+    gone = alive | {PID_TAG: "999999999"}
+    reused = alive | {STARTED_TAG: "1.0"}  # our pid, but not our start time: a reused pid
+    elsewhere = gone | {HOST_TAG: "another-host"}
+    runs = {
+        name: client.create_run(experiment, tags=tags, run_name="mlp1").info.run_id
+        for name, tags in (
+            ("alive", alive),
+            ("gone", gone),
+            ("reused", reused),
+            ("elsewhere", elsewhere),
+        )
+    }
+    write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
+    result = CliRunner().invoke(app, ["cleanup-runs"])
+    assert result.exit_code == 0, result.output
+    status = {name: client.get_run(run_id).info.status for name, run_id in runs.items()}
+    assert status == {
+        "alive": "RUNNING",
+        "gone": "KILLED",
+        "reused": "KILLED",
+        "elsewhere": "RUNNING",
+    }
+    assert "closed 2 runs" in result.output
+
+
+def test_cleanup_fails_the_logged_model_a_killed_run_left_pending(workdir, params):
+    import mlflow
+
+    from fashion_mlp.tracking import PID_TAG, owner_tags
+
+    mlflow.set_tracking_uri(params["mlflow"]["tracking_uri"])
+    experiment = mlflow.create_experiment("fashion-mlp")
+    client = mlflow.MlflowClient()
+    run_id = client.create_run(experiment, tags=owner_tags() | {PID_TAG: "999999999"}).info.run_id
+    pending = client.create_logged_model(experiment, name="model", source_run_id=run_id)
+    assert pending.status == "PENDING"
+    write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
+    result = CliRunner().invoke(app, ["cleanup-runs"])
+    assert result.exit_code == 0, result.output
+    assert client.get_logged_model(pending.model_id).status == "FAILED"
+    assert client.get_run(run_id).info.status == "KILLED"
+
+
+def reference_training(spec, params, train, test):
+    """d2l's training loop written out plainly, independent of `fit`: the same seeded init and
+    batch order, mini-batch SGD or Adam, optional per-epoch cosine decay, nothing else."""
+    torch.manual_seed(params.seed)
+    generator = torch.Generator().manual_seed(params.seed)
+    model = build_mlp(spec, params.init_std, generator)
+    if params.optimizer == "adam":
+        optimizer = torch.optim.Adam(
+            model.parameters(), lr=params.lr, weight_decay=params.weight_decay
+        )
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=params.momentum)
+    schedule = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=params.epochs)
+        if params.lr_schedule == "cosine"
+        else None
+    )
+    inputs = train.images.float() / 255
+    for _ in range(params.epochs):
+        model.train()
+        for batch in torch.randperm(len(train), generator=generator).split(params.batch_size):
+            loss = torch.nn.functional.cross_entropy(model(inputs[batch]), train.labels[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        if schedule is not None:
+            schedule.step()
+    return model
+
+
+@pytest.mark.parametrize(
+    ("spec", "overrides"),
+    [
+        (SPEC, {}),
+        (
+            ModelSpec(hidden=[48, 24], activation="relu", dropout=0.2, batch_norm=False),
+            dict(optimizer="adam", lr=0.003, lr_schedule="cosine", weight_decay=1e-4, dropout=0.2),
+        ),
+    ],
+    ids=["d2l-sgd", "adam-cosine-dropout"],
+)
+def test_every_option_at_its_neutral_value_trains_exactly_the_plain_loop(splits, spec, overrides):
+    """Adding batch norm, warm-up, label smoothing, weight averaging and augmentation changed
+    nothing for models that use none of them: the weights equal a plain loop's, bit for bit."""
+    params = train_params(epochs=3, **overrides)
+    ours, _ = run_fit(splits, params, spec)
+    reference = reference_training(spec, params, *splits)
+    for name, value in reference.state_dict().items():
+        assert torch.equal(ours.state_dict()[name], value), name
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"batch_norm": True},
+        {"warmup_epochs": 1},
+        {"label_smoothing": 0.1},
+        {"ema_decay": 0.9},
+        {"augment_shift": 2},
+        {"augment_flip": True},
+    ],
+    ids=lambda option: next(iter(option)),
+)
+def test_each_option_changes_training_and_still_learns(splits, option):
+    spec = SPEC.model_copy(update={"batch_norm": option.get("batch_norm", False)})
+    params = train_params(epochs=4, **option)
+    model, history = run_fit(splits, params, spec)
+    baseline, _ = run_fit(splits, train_params(epochs=4))
+    weights = [p for p in model.parameters() if p.dim() == 2]
+    assert not torch.equal(weights[0], next(baseline.parameters()))
+    # The synthetic classes are bands of rows two pixels apart: a vertical shift of up to two
+    # rows turns one class into its neighbour, so shifted training can only beat chance.
+    assert history[-1]["test_acc"] >= (0.3 if "augment_shift" in option else 0.9)
+
+
+def test_warm_up_ramps_the_learning_rate_step_by_step_then_hands_over_to_cosine(
+    splits, monkeypatch
+):
+    import fashion_mlp.train as train_module
+
+    optimizers = []
+
+    def remember(model, params):
+        optimizers.append(make_optimizer(model, params))
+        return optimizers[-1]
+
+    monkeypatch.setattr(train_module, "make_optimizer", remember)
+    rates = []
+    params = train_params(epochs=4, warmup_epochs=2, lr_schedule="cosine", lr=0.4)
+    run_fit(splits, params, on_batch_end=lambda: rates.append(optimizers[0].param_groups[0]["lr"]))
+    steps = len(rates) // 4  # 300 images in batches of 32: 10 steps an epoch
+    assert rates[: 2 * steps] == pytest.approx([0.4 * (i + 1) / (2 * steps) for i in range(20)])
+    # Then cosine over the 2 remaining epochs: the full rate, then half of it.
+    assert rates[2 * steps :] == pytest.approx([0.4] * steps + [0.2] * steps)
+
+
+def test_weight_averaging_keeps_the_exponential_average_of_the_weights(splits):
+    """ema_decay 0.5 over a run: the kept weights are the average, not the last weights, and
+    averaging by hand over every step's weights gives the same numbers."""
+    params = train_params(epochs=1, ema_decay=0.5)
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    model = build_mlp(SPEC, params.init_std, generator)
+    average = [p.detach().clone() for p in model.parameters()]
+
+    def follow():
+        for mean, live in zip(average, model.parameters(), strict=True):
+            mean.mul_(0.5).add_(live.detach(), alpha=0.5)
+
+    _, kept = fit(model, *splits, params, generator, on_batch_end=follow)
+    assert kept is not model
+    for mean, kept_weight, live in zip(average, kept.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(kept_weight, mean)
+        assert not torch.equal(kept_weight, live)

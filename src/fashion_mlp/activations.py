@@ -1,8 +1,9 @@
-"""Stage `activations`: ReLU, sigmoid and tanh with their derivatives, on one figure.
+"""Stage `activations`: every activation the models may use, with its derivative, on one figure.
 
-Reads nothing but this module. Writes `reports/activations.png`. The derivatives are computed by
-autograd, the same machinery that trains the models (the tests check them against the closed
-forms: sigmoid' = s(1 - s), tanh' = 1 - tanh^2, relu' = 0 for x < 0 and 1 for x > 0).
+Reads the activation registry (`nonlinearities.py`). Writes `reports/activations.png`. The
+derivatives are computed by autograd, the same machinery that trains the models (the tests check
+them against the closed forms: sigmoid' = s(1 - s), tanh' = 1 - tanh^2, relu' = 0 for x < 0 and
+1 for x > 0).
 
     fashion-mlp activations --out reports/activations.png
 """
@@ -12,14 +13,14 @@ from pathlib import Path
 import torch
 
 from fashion_mlp.atomic import atomic_path
-
-ACTIVATION_FUNCTIONS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
+from fashion_mlp.nonlinearities import ACTIVATIONS
 
 
 def activation_curves(x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Activation name -> (f(x), f'(x)), the derivative taken by autograd."""
     curves = {}
-    for name, function in ACTIVATION_FUNCTIONS.items():
+    for name, layer in ACTIVATIONS.items():
+        function = layer()
         inputs = x.detach().clone().requires_grad_(True)
         outputs = function(inputs)
         # Each output depends only on its own input, so the gradient of the sum is f'(x).
@@ -36,7 +37,9 @@ def plot_activations(path: Path, x: torch.Tensor | None = None) -> None:
 
     x = torch.linspace(-6, 6, 601) if x is None else x
     curves = activation_curves(x)
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6), sharex=True, layout="constrained")
+    fig, axes = plt.subplots(
+        2, len(curves), figsize=(4 * len(curves), 6), sharex=True, layout="constrained"
+    )
     for column, (name, (values, gradient)) in enumerate(curves.items()):
         for row, (series, label) in enumerate(((values, name), (gradient, f"{name}' (autograd)"))):
             ax = axes[row, column]

@@ -1,6 +1,8 @@
-"""Atomic file writes: a crash or a bad input never leaves a half-written output behind."""
+"""Atomic file writes: a crash, a full disk or a bad input never leaves a half-written output."""
 
+import errno
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,8 +25,24 @@ def atomic_path(target: Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, target)
+    except (OSError, RuntimeError) as err:
+        # torch reports a failed write as RuntimeError("... unexpected pos 896 vs 790").
+        if _out_of_space(target.parent, err):
+            raise PipelineError(
+                f"{target}: no space left on the disk holding it; free space and rerun"
+            ) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _out_of_space(folder: Path, err: BaseException) -> bool:
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < 64 * 1024
+    except OSError:
+        return False
 
 
 def write_text_atomic(target: Path, text: str) -> None:

@@ -7,6 +7,8 @@ printed as one line (`--verbose` shows the traceback) with exit code 1.
 
 import contextvars
 import functools
+import logging
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from fashion_mlp.errors import PipelineError
+from fashion_mlp.numerics import NUMERICS_ENV
 
 # Default paths, the same ones dvc.yaml passes explicitly.
 PARAMS_FILE = Path("params.yaml")
@@ -67,10 +70,20 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show tracebacks")] = False,
 ) -> None:
-    # SIGTERM (from `kill`, a CI timeout, DVC's queue) unwinds like Ctrl-C, so atomic writes
-    # clean up and the MLflow run is marked KILLED rather than left RUNNING.
+    # SIGTERM (from `kill`, a CI timeout, DVC's queue) and SIGHUP (a closed terminal or SSH
+    # session) unwind like Ctrl-C, so atomic writes clean up and the MLflow run is marked
+    # KILLED rather than left RUNNING.
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGHUP, _raise_interrupt)
+    # Before torch loads: MKL reads this at its first computation. Strict mode makes results
+    # independent of the thread count (see threads.py); this process's children inherit it.
+    for variable, value in NUMERICS_ENV.items():
+        os.environ.setdefault(variable, value)
     show_tracebacks.set(verbose)
+    if not verbose:
+        # MLflow's SQL store logs each database error with a traceback before raising it; we
+        # turn the error into one line (tracking.store_error), so its log would only repeat it.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def friendly_errors(command: Command) -> Command:
@@ -88,6 +101,13 @@ def friendly_errors(command: Command) -> Command:
         except KeyboardInterrupt:
             typer.echo("interrupted: no output was written", err=True)
             raise typer.Exit(130) from None
+        except OSError as err:
+            # A file system refusing us (read-only, permissions, gone): name the path.
+            if show_tracebacks.get():
+                raise
+            where = f"{err.filename}: " if err.filename else ""
+            typer.echo(f"error: {where}{err.strerror or err}", err=True)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -146,9 +166,23 @@ def train(
         bool,
         typer.Option(help="log to MLflow; --no-tracking also skips run.json (for benchmarks)"),
     ] = True,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            envvar="FASHION_MLP_THREADS",
+            min=1,
+            help="fix the torch thread count (default: a fair share of the cores among the "
+            "trainings running on this machine; results are the same either way)",
+            show_default=False,
+        ),
+    ] = None,
+    core_registry: Annotated[
+        Path | None, typer.Option(envvar="FASHION_MLP_CORE_REGISTRY", hidden=True)
+    ] = None,
 ) -> None:
-    """Train one MLP and record params, per-epoch metrics and the model in MLflow."""
+    """Train one MLP and record params, per-epoch metrics, its data and the model in MLflow."""
     from fashion_mlp.params import load_params
+    from fashion_mlp.threads import CoreShare
     from fashion_mlp.tracking import git_commit
     from fashion_mlp.train import train_model
 
@@ -166,6 +200,7 @@ def train(
         out_dir or MODELS_DIR / model,
         target,
         tags={key: value for key, value in tags.items() if value},
+        cores=CoreShare(core_registry, threads),
         show_progress=progress,
     )
     last = history[-1]
@@ -238,14 +273,13 @@ def register(
     tracking_uri: TrackingUriOption = None,
     root: RootOption = None,
 ) -> None:
-    """Register the most accurate model in the MLflow registry with the alias `champion`."""
+    """Register the declared champion (params mlflow.champion) with the alias `champion`."""
     from fashion_mlp.params import load_params
     from fashion_mlp.register import register_champion
 
     params = load_params(params_file)
     target = _tracking_target(params, tracking_uri, root)
-    names = params.model_names
-    champion = register_champion(names, models_dir, metrics_dir, out, target)
+    champion = register_champion(params.mlflow.champion, models_dir, metrics_dir, out, target)
     typer.echo(
         f"{champion['uri']} -> {champion['model']} (version {champion['version']}, "
         f"test accuracy {champion['test_acc']:.4f})"
@@ -270,12 +304,12 @@ def predict(
     root: RootOption = None,
 ) -> None:
     """Classify images and print the most likely classes with their probabilities."""
+    from fashion_mlp.dataset import CLASS_NAMES
     from fashion_mlp.params import load_params
     from fashion_mlp.predict import class_probabilities, load_model, read_images
-    from fashion_mlp.preprocess import CLASS_NAMES
     from fashion_mlp.register import champion_uri
 
-    batches = {path: read_images(path)[:limit] for path in paths}
+    batches = {path: read_images(path, limit) for path in paths}
     target = _tracking_target(load_params(params_file), tracking_uri, root)
     network = load_model(model or champion_uri(target.experiment), target)
     for path, images in batches.items():
@@ -287,6 +321,53 @@ def predict(
             )
             label = f"{path}[{index}]" if len(images) > 1 else str(path)
             typer.echo(f"{label}: {ranked}")
+
+
+@app.command("team-setup")
+@friendly_errors
+def team_setup(
+    users: Annotated[
+        list[str] | None,
+        typer.Option("--user", help="a team member's account (repeat the option)"),
+    ] = None,
+    params_file: ParamsOption = PARAMS_FILE,
+    tracking_uri: TrackingUriOption = None,
+) -> None:
+    """Create the experiment and registered model on a team server, with EDIT for each user.
+
+    Run as the server's admin (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD).
+    """
+    from fashion_mlp.params import load_params
+    from fashion_mlp.team import set_up_team
+
+    target = _tracking_target(load_params(params_file), tracking_uri, None)
+    users = users or []
+    done = set_up_team(target, users)
+    typer.echo(
+        f"experiment {target.experiment!r} (id {done['experiment_id']}) and registered model "
+        f"{done['registered_model']!r}: EDIT for {', '.join(users) or 'nobody yet'}; "
+        f"open {done['url']}"
+    )
+
+
+@app.command("cleanup-runs")
+@friendly_errors
+def cleanup_runs(
+    params_file: ParamsOption = PARAMS_FILE,
+    tracking_uri: TrackingUriOption = None,
+    root: RootOption = None,
+) -> None:
+    """Close runs left RUNNING by a training whose process died (killed, crashed, powered off).
+
+    Only runs started on this host are judged (by process id and start time); their status
+    becomes KILLED, tagged fashion_mlp.closed_by, and a model they left PENDING becomes FAILED.
+    """
+    from fashion_mlp.params import load_params
+    from fashion_mlp.tracking import close_orphaned_runs
+
+    target = _tracking_target(load_params(params_file), tracking_uri, root)
+    closed = close_orphaned_runs(target)
+    typer.echo(f"closed {len(closed)} runs" + (f": {', '.join(closed)}" if closed else ""))
 
 
 @app.command()

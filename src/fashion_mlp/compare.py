@@ -1,22 +1,23 @@
 """Stage `compare`: every model side by side, in a table and in one set of learning curves.
 
-Reads params `models` (which models, and their architectures), `metrics/MODEL.json` and
-`models/MODEL/history.csv` for each. Writes `reports/comparison.md` (a summary with the d2l
-reference beside ours, then the per-epoch table: train loss, train acc, test acc per model) and
-`reports/learning_curves.png` (all models on shared axes).
+Reads params `train` and `models` (which models, and their architectures), `metrics/MODEL.json`
+and `models/MODEL/history.csv` for each. Writes `reports/comparison.md` (a summary with the d2l
+reference beside ours, then the per-epoch table: train loss, train acc, test acc per model),
+`reports/learning_curves.png` (all models on shared axes) and `reports/curves.csv` (every
+model's epochs in one long table: the data of dvc.yaml's top-level `loss` and `accuracy` plots,
+so `dvc plots show` and `dvc plots diff` draw all models and experiments on shared axes).
+No torch: it reads CSV and JSON.
 
     fashion-mlp compare --models-dir models --metrics-dir metrics --out-dir reports
 """
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
+from fashion_mlp.artifacts import HISTORY_FILE, read_history, read_metrics
 from fashion_mlp.atomic import atomic_path, fill_between_markers, write_text_atomic
-from fashion_mlp.errors import PipelineError
 from fashion_mlp.params import RunConfig
-from fashion_mlp.train import read_history
 
 # Test accuracy after 10 epochs in d2l's MLP chapter (SGD lr 0.1, batch 256, normal(0, 0.01)).
 D2L_REFERENCE_TEST_ACC = {"784-256-10 relu": 0.855, "784-256-128-10 relu": 0.827}
@@ -32,15 +33,8 @@ def load_results(
     summaries, histories = [], []
     for config in configs:
         name, spec = config.name, config.model
-        metrics_path = Path(metrics_dir) / f"{name}.json"
-        history_path = Path(models_dir) / name / "history.csv"
-        try:
-            metrics = json.loads(metrics_path.read_text())
-            history = pd.DataFrame(read_history(history_path))
-        except FileNotFoundError as err:
-            raise PipelineError(
-                f"{err.filename}: not found; run `dvc repro` to train and evaluate {name}"
-            ) from None
+        metrics = read_metrics(Path(metrics_dir) / f"{name}.json")
+        history = pd.DataFrame(read_history(Path(models_dir) / name / HISTORY_FILE))
         histories.append(history.assign(model=name))
         summaries.append(
             {
@@ -135,6 +129,8 @@ def compare(
     summary, history = load_results(configs, models_dir, metrics_dir)
     out_dir = Path(out_dir)
     plot_learning_curves(history, out_dir / "learning_curves.png")
+    columns = ["epoch", "model", *CURVES]
+    write_text_atomic(out_dir / "curves.csv", history[columns].to_csv(index=False))
     write_text_atomic(out_dir / "comparison.md", comparison_report(summary, history))
     if readme is not None:
         update_readme(readme, summary)

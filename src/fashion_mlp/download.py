@@ -18,15 +18,10 @@ import urllib.request
 import zlib
 from pathlib import Path
 
+from fashion_mlp.dataset import RAW_FILES
 from fashion_mlp.errors import PipelineError
 from fashion_mlp.params import DataParams
 
-RAW_FILES = {
-    "train_images": "train-images-idx3-ubyte.gz",
-    "train_labels": "train-labels-idx1-ubyte.gz",
-    "test_images": "t10k-images-idx3-ubyte.gz",
-    "test_labels": "t10k-labels-idx1-ubyte.gz",
-}
 URL_TIMEOUT_SECONDS = 30
 FIX_HINT = (
     "install the files with `apt-get install dataset-fashion-mnist`, or set data.local_dir in "

@@ -2,15 +2,16 @@
 
 Reads `models/MODEL/{model.pt,run.json}` and `data/processed/test.pt`, and params `mlflow`.
 Writes `metrics/MODEL.json` (DVC metrics: test_acc and test_loss only, so `dvc exp show` stays
-two columns a model), `evaluation/MODEL/per_class_accuracy.csv` and
-`evaluation/MODEL/confusion_matrix.{csv,png}`, and logs all of them into the model's training
-run in MLflow (the run id comes from `run.json`), so one run holds curves and evaluation.
+two columns a model) and, in `evaluation/MODEL/`, `per_class_accuracy.csv` (a DVC bar plot),
+`predictions.csv` (one actual/predicted row per test image: DVC's confusion-matrix plot) and
+`confusion_matrix.{csv,png}`. All of it is added to the model's training run in MLflow (the run
+id comes from `run.json`, and the run must be this model's) without reopening the run, so the
+run's duration stays that of its training.
 
     fashion-mlp evaluate mlp1 --model-dir models/mlp1 --data-dir data/processed \
         --metrics-file metrics/mlp1.json --out-dir evaluation/mlp1
 """
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,19 @@ import torch
 from torch.nn import functional as F
 
 from fashion_mlp import tracking
+from fashion_mlp.artifacts import MODEL_FILE, read_run_info, write_metrics
 from fashion_mlp.atomic import atomic_path, write_text_atomic
-from fashion_mlp.model import NUM_CLASSES, load_checkpoint
-from fashion_mlp.preprocess import CLASS_NAMES, Split, load_split
+from fashion_mlp.dataset import CLASS_NAMES, NUM_CLASSES
+from fashion_mlp.model import as_inputs, load_checkpoint, predict_logits
+from fashion_mlp.splits import Split, load_split
 from fashion_mlp.tracking import TrackingTarget
-from fashion_mlp.train import as_inputs, predict_logits, read_run_info
+
+EVALUATION_FILES = (
+    "per_class_accuracy.csv",
+    "predictions.csv",
+    "confusion_matrix.csv",
+    "confusion_matrix.png",
+)
 
 
 def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor) -> torch.Tensor:
@@ -37,17 +46,21 @@ def class_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
-def evaluate(model: torch.nn.Module, test: Split) -> tuple[dict[str, Any], torch.Tensor]:
-    """Metrics (test_acc, test_loss, per_class_acc by class name) and the confusion matrix."""
+def evaluate(
+    model: torch.nn.Module, test: Split
+) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+    """Metrics (test_acc, test_loss, per_class_acc by class name), the confusion matrix and
+    each test image's predicted class."""
     logits = predict_logits(model, as_inputs(test.images))
-    matrix = confusion_matrix(test.labels, logits.argmax(dim=1))
+    predicted = logits.argmax(dim=1)
+    matrix = confusion_matrix(test.labels, predicted)
     per_class = matrix.diagonal().double() / matrix.sum(dim=1).clamp(min=1)
     metrics = {
         "test_acc": (matrix.diagonal().sum() / matrix.sum()).item(),
         "test_loss": F.cross_entropy(logits, test.labels).item(),
         "per_class_acc": {name: per_class[index].item() for index, name in enumerate(CLASS_NAMES)},
     }
-    return metrics, matrix
+    return metrics, matrix, predicted
 
 
 def plot_confusion_matrix(matrix: torch.Tensor, title: str, path: Path) -> None:
@@ -76,6 +89,30 @@ def plot_confusion_matrix(matrix: torch.Tensor, title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def write_evaluation(
+    out_dir: Path,
+    title: str,
+    metrics: dict[str, Any],
+    matrix: torch.Tensor,
+    labels: torch.Tensor,
+    predicted: torch.Tensor,
+) -> list[Path]:
+    """The evaluation folder's files (EVALUATION_FILES); their paths."""
+    out_dir = Path(out_dir)
+    rows = [",".join([CLASS_NAMES[i], *map(str, r)]) for i, r in enumerate(matrix.tolist())]
+    header = "true\\predicted," + ",".join(CLASS_NAMES)
+    write_text_atomic(out_dir / "confusion_matrix.csv", "\n".join([header, *rows]) + "\n")
+    plot_confusion_matrix(matrix, title, out_dir / "confusion_matrix.png")
+    per_class = [f"{c},{a}" for c, a in metrics["per_class_acc"].items()]
+    write_text_atomic(
+        out_dir / "per_class_accuracy.csv", "\n".join(["class,accuracy", *per_class]) + "\n"
+    )
+    pairs = zip(labels.tolist(), predicted.tolist(), strict=True)
+    lines = [f"{CLASS_NAMES[a]},{CLASS_NAMES[p]}" for a, p in pairs]
+    write_text_atomic(out_dir / "predictions.csv", "\n".join(["actual,predicted", *lines]) + "\n")
+    return [out_dir / name for name in EVALUATION_FILES]
+
+
 def evaluate_model(
     name: str,
     model_dir: Path,
@@ -85,31 +122,23 @@ def evaluate_model(
     target: TrackingTarget,
 ) -> dict[str, Any]:
     """Evaluate the saved model, write its metrics and pictures, log them to its MLflow run."""
-    import mlflow
+    model, spec = load_checkpoint(Path(model_dir) / MODEL_FILE)
+    run_id = read_run_info(model_dir).run_id
+    test = load_split(data_dir, "test")
+    # Checked before any output: a missing, deleted or foreign run stops us with nothing written.
+    tracking.training_run(target, run_id, name)
+    metrics, matrix, predicted = evaluate(model, test)
 
-    model, spec = load_checkpoint(Path(model_dir) / "model.pt")
-    run_id = read_run_info(model_dir)["run_id"]
-    metrics, matrix = evaluate(model, load_split(data_dir, "test"))
-
-    out_dir = Path(out_dir)
-    matrix_csv = out_dir / "confusion_matrix.csv"
-    matrix_png = out_dir / "confusion_matrix.png"
-    per_class_csv = out_dir / "per_class_accuracy.csv"
-    # Files are written inside the resumed run: a missing run stops us before any output.
-    with tracking.resume_run(target, run_id):
-        header = "true\\predicted," + ",".join(CLASS_NAMES)
-        rows = [",".join([CLASS_NAMES[i], *map(str, r)]) for i, r in enumerate(matrix.tolist())]
-        write_text_atomic(matrix_csv, "\n".join([header, *rows]) + "\n")
-        title = f"{name} ({spec.describe()}): test accuracy {metrics['test_acc']:.4f}"
-        plot_confusion_matrix(matrix, title, matrix_png)
-        per_class = [f"{c},{a}" for c, a in metrics["per_class_acc"].items()]
-        write_text_atomic(per_class_csv, "\n".join(["class,accuracy", *per_class]) + "\n")
-        headline = {key: metrics[key] for key in ("test_acc", "test_loss")}
-        write_text_atomic(Path(metrics_file), json.dumps(headline, indent=2) + "\n")
-
-        flat = {"final_test_acc": metrics["test_acc"], "final_test_loss": metrics["test_loss"]}
-        flat |= {f"class_acc.{class_slug(c)}": a for c, a in metrics["per_class_acc"].items()}
-        tracking.log_metrics(flat)
-        for artifact in (metrics_file, per_class_csv, matrix_csv, matrix_png):
-            mlflow.log_artifact(str(artifact), artifact_path="evaluation")
+    title = f"{name} ({spec.describe()}): test accuracy {metrics['test_acc']:.4f}"
+    written = write_evaluation(out_dir, title, metrics, matrix, test.labels, predicted)
+    write_metrics(Path(metrics_file), metrics)
+    flat = {"final_test_acc": metrics["test_acc"], "final_test_loss": metrics["test_loss"]}
+    flat |= {f"class_acc.{class_slug(c)}": a for c, a in metrics["per_class_acc"].items()}
+    try:
+        tracking.log_to_run(target, run_id, flat, [Path(metrics_file), *written], "evaluation")
+    except BaseException:
+        # The run lacks this evaluation: leave no outputs that claim otherwise.
+        for path in [Path(metrics_file), *written]:
+            path.unlink(missing_ok=True)
+        raise
     return metrics

@@ -1,10 +1,10 @@
-"""The MLP and its self-describing checkpoint.
+"""The MLP, its self-describing checkpoint, and the tensor helpers every user of a model needs.
 
-`build_mlp` makes Flatten, then Linear + activation (+ dropout, if set) for each hidden width,
-then a Linear to the 10 classes, as in d2l's MLP chapter; weights ~ normal(0, init_std), biases
-zero. A checkpoint
-stores the state dict with the architecture, so `evaluate` rebuilds the network without
-`params.yaml`, and loads with `weights_only=True`, so a foreign pickle is never executed.
+`build_mlp` makes Flatten, then for each hidden width Linear (+ batch norm) + activation
+(+ dropout), then a Linear to the 10 classes, as in d2l's MLP chapter; weights ~ normal(0,
+init_std), biases zero. A checkpoint stores the state dict with the architecture, so `evaluate`
+rebuilds the network without `params.yaml`, and loads with `weights_only=True`, so a foreign
+pickle is never executed.
 """
 
 from itertools import pairwise
@@ -14,12 +14,12 @@ import torch
 from torch import nn
 
 from fashion_mlp.atomic import atomic_path
+from fashion_mlp.dataset import IN_FEATURES, NUM_CLASSES
 from fashion_mlp.errors import PipelineError
+from fashion_mlp.nonlinearities import ACTIVATIONS
 from fashion_mlp.params import ModelSpec
 
-IN_FEATURES = 28 * 28
-NUM_CLASSES = 10
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+EVAL_BATCH_SIZE = 8192
 
 
 def build_mlp(spec: ModelSpec, init_std: float, generator: torch.Generator) -> nn.Sequential:
@@ -31,10 +31,23 @@ def build_mlp(spec: ModelSpec, init_std: float, generator: torch.Generator) -> n
         nn.init.zeros_(linear.bias)
         layers.append(linear)
         if index < len(sizes) - 2:
+            if spec.batch_norm:
+                layers.append(nn.BatchNorm1d(width_out))
             layers.append(ACTIVATIONS[spec.activation]())
             if spec.dropout:
                 layers.append(nn.Dropout(spec.dropout))
     return nn.Sequential(*layers)
+
+
+def as_inputs(images: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    """uint8 pixels -> float32 in [0, 1], converted once for the whole split (on `device`)."""
+    return images.to(device).to(torch.float32).div_(255.0)
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(chunk) for chunk in inputs.split(EVAL_BATCH_SIZE)])
 
 
 def save_checkpoint(model: nn.Module, spec: ModelSpec, path: Path) -> None:

@@ -14,30 +14,31 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    NonNegativeFloat,
-    NonNegativeInt,
-    PositiveFloat,
-    PositiveInt,
-    ValidationError,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fashion_mlp.errors import PipelineError
 
-MODEL_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-Activation = Literal["relu", "sigmoid", "tanh"]
-MD5 = re.compile(r"^[0-9a-f]{32}$")
+# Model names become folder, file, stage and MLflow run names and command-line arguments: no
+# leading '-' (an option) or '.', no trailing newline (`\Z`, not `$`), short enough for a path.
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
+# The names nonlinearities.ACTIVATIONS builds (a test checks the two agree).
+Activation = Literal["relu", "sigmoid", "tanh", "gelu", "elu"]
+MD5 = re.compile(r"^[0-9a-f]{32}\Z")
+# Bounds that keep every accepted value usable by torch and by the machine: an integer past
+# these fails deep inside torch (or allocates forever) instead of here, with a name.
+MAX_EPOCHS = 100_000
+MAX_BATCH_SIZE = 1_000_000
+MAX_WIDTH = 65_536
+MAX_SEED = 2**63 - 1
 
 
 class _Section(BaseModel):
     # strict: YAML already yields typed values, so "0.1" (a string) or `true` for an int is a typo.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # python-re: the patterns below end in `\Z` (a `$` would accept a trailing newline).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, regex_engine="python-re")
 
 
 class RawChecksums(_Section):
@@ -55,36 +56,61 @@ class DataParams(_Section):
     md5: RawChecksums
 
 
+def _finite(**bounds: float) -> Any:
+    return Field(allow_inf_nan=False, **bounds)
+
+
 class TrainParams(_Section):
-    epochs: PositiveInt
-    batch_size: PositiveInt
-    lr: PositiveFloat
-    optimizer: Literal["sgd", "adam"]
-    momentum: NonNegativeFloat = Field(lt=1)
-    weight_decay: NonNegativeFloat
+    """How a model is trained. Every key is shared by all models unless an entry overrides it;
+    the options after `device` are off at their neutral values (0, false), where training is
+    bit-for-bit what it was before they existed."""
+
+    epochs: int = Field(gt=0, le=MAX_EPOCHS)
+    batch_size: int = Field(gt=0, le=MAX_BATCH_SIZE)
+    lr: float = _finite(gt=0)
+    optimizer: Literal["sgd", "adam", "adamw"]
+    momentum: float = _finite(ge=0, lt=1)
+    weight_decay: float = _finite(ge=0)
     lr_schedule: Literal["constant", "cosine"]
-    init_std: PositiveFloat
-    seed: NonNegativeInt
+    init_std: float = _finite(gt=0)
+    seed: int = Field(ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"]
+    dropout: float = _finite(ge=0, lt=1)
+    batch_norm: bool
+    warmup_epochs: int = Field(ge=0, le=MAX_EPOCHS)
+    label_smoothing: float = _finite(ge=0, lt=1)
+    ema_decay: float = _finite(ge=0, lt=1)
+    augment_shift: int = Field(ge=0, le=8)
+    augment_flip: bool
+
+    @model_validator(mode="after")
+    def _warmup_within_training(self) -> "TrainParams":
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(
+                f"warmup_epochs = {self.warmup_epochs} is longer than epochs = {self.epochs}"
+            )
+        return self
 
 
 class ModelSpec(_Section):
     """The architecture: everything needed to rebuild the network (saved in its checkpoint)."""
 
-    hidden: list[PositiveInt] = Field(min_length=1)
+    hidden: list[Annotated[int, Field(gt=0, le=MAX_WIDTH)]] = Field(min_length=1, max_length=64)
     activation: Activation
-    # Optional, unlike every other key: the d2l nets have none, and they stay two-key entries.
-    dropout: NonNegativeFloat = Field(0.0, lt=1)
+    dropout: float = _finite(ge=0, lt=1)
+    batch_norm: bool
 
     def describe(self) -> str:
-        """Layer widths and activation, e.g. '784-256-128-10 relu' (+ dropout if any)."""
+        """Layer widths and activation, e.g. '784-256-128-10 relu' (+ dropout, batch norm)."""
         widths = "-".join(map(str, [28 * 28, *self.hidden, 10])) + f" {self.activation}"
-        return widths + (f" dropout {self.dropout:g}" if self.dropout else "")
+        extras = [f"dropout {self.dropout:g}"] * bool(self.dropout)
+        return " ".join([widths, *extras, *["batchnorm"] * self.batch_norm])
 
 
 class MlflowParams(_Section):
     experiment: str = Field(min_length=1)
     tracking_uri: str = Field(min_length=1)
+    champion: str = Field(pattern=MODEL_NAME.pattern)
 
 
 @dataclass(frozen=True)
@@ -100,13 +126,12 @@ class RunConfig:
         """Every effective param as one flat mapping, as MLflow records them."""
         hidden = ",".join(str(width) for width in self.model.hidden)
         architecture = {"hidden": hidden, "activation": self.model.activation}
-        return {"model": self.name, **architecture, "dropout": self.model.dropout} | (
-            self.train.model_dump()
-        )
+        return {"model": self.name, **architecture} | self.train.model_dump()
 
 
 SECTIONS = ("data", "train", "models", "mlflow")
-ARCH_KEYS = frozenset(ModelSpec.model_fields)
+# A model entry must name these; every other key of an entry overrides the `train` section.
+ARCH_KEYS = frozenset({"hidden", "activation"})
 
 
 class Params:
@@ -152,8 +177,9 @@ class Params:
         for name in models:
             if not isinstance(name, str) or not MODEL_NAME.match(name):
                 raise PipelineError(
-                    f"{self.source}: models.{name}: model names may use only letters, digits, "
-                    "'_' and '-' (they become file and stage names)"
+                    f"{self.source}: models.{name!r}: a model name is 1 to 64 letters, digits, "
+                    "'_' and '-', starting with a letter or digit (it becomes a folder, a file, "
+                    "a stage and a command-line argument)"
                 )
         return list(models)
 
@@ -170,7 +196,6 @@ class Params:
             raise PipelineError(f"{self.source}: {where} = {entry!r}: expected a mapping")
         arch = {key: value for key, value in entry.items() if key in ARCH_KEYS}
         overrides = {key: value for key, value in entry.items() if key not in ARCH_KEYS}
-        model = self._validate(ModelSpec, arch, where)
         train_raw = self._section("train")
         if not isinstance(train_raw, dict):
             raise PipelineError(f"{self.source}: train = {train_raw!r}: expected a mapping")
@@ -178,25 +203,56 @@ class Params:
             train = TrainParams.model_validate(train_raw | overrides)
         except ValidationError as err:
             # Name the key where it is written: the model's override, or the shared section.
-            key = err.errors()[0]["loc"][0]
+            loc = err.errors()[0]["loc"]
+            in_entry = bool(loc) and loc[0] in overrides
             raise PipelineError(
-                _one_line(err, self.source, where if key in overrides else "train")
+                _one_line(err, self.source, where if in_entry else "train")
             ) from None
+        shared = {key: getattr(train, key) for key in ModelSpec.model_fields if key not in arch}
+        model = self._validate(ModelSpec, arch | shared, where)
         return RunConfig(name=name, model=model, train=train)
 
     def run_configs(self) -> list[RunConfig]:
         return [self.run_config(name) for name in self.model_names]
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key written twice in one mapping. Plain YAML keeps the last value
+    silently (DVC refuses such a file), so `lr: 0.1` ... `lr: 50.0` would train with 50."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} appears twice (lines {seen[key]} and {line}); keep one",
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_params(path: Path) -> Params:
     """Read `path` (YAML). A missing or unparsable file is a PipelineError naming it."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise PipelineError(f"{path}: params file not found") from None
+    except IsADirectoryError:
+        raise PipelineError(f"{path}: is a folder; pass the params file itself") from None
+    except UnicodeDecodeError as err:
+        raise PipelineError(
+            f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8"
+        ) from None
     except yaml.YAMLError as err:
-        raise PipelineError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark and "appears twice" not in problem else ""
+        raise PipelineError(f"{path}: not valid YAML ({problem}{where})") from None
     if not isinstance(raw, dict):
         raise PipelineError(f"{path}: expected a mapping of sections ({', '.join(SECTIONS)})")
     return Params(raw, path)
@@ -207,7 +263,9 @@ def _one_line(err: ValidationError, source: Path, where: str) -> str:
     # A typo'd key is both unknown and leaves the real key missing: name the typo.
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     key = ".".join([where, *(str(part) for part in first["loc"])])
-    if first["type"] == "missing":
+    if not first["loc"]:  # a rule across keys, e.g. warmup_epochs <= epochs
+        message = f"{source}: {key}: {first['msg'].removeprefix('Value error, ')}"
+    elif first["type"] == "missing":
         message = f"{source}: {key}: missing (every key is required)"
     elif first["type"] == "extra_forbidden":
         known = [*TrainParams.model_fields, *ModelSpec.model_fields]

@@ -1,57 +1,43 @@
 """Stage `preprocess`: decode the IDX files once into compact tensors.
 
 Reads `data/raw/*.gz` (written by `download`). Writes `data/processed/train.pt` and
-`data/processed/test.pt`, each a dict of `images` (uint8, N x 28 x 28, raw pixel values 0-255)
-and `labels` (int64, N). uint8 keeps the files 4x smaller than float32; training converts them
-to float in [0, 1] once, in memory. The IDX header, the shapes, the label range and the counts
-are all checked, so a malformed file stops the stage with one line naming it and what is wrong.
+`data/processed/test.pt` (see `splits.py` for their contents). uint8 keeps the files 4x smaller
+than float32; training converts them to float in [0, 1] once, in memory. The IDX header, the
+shapes, the label range and the counts are all checked, so a malformed file stops the stage with
+one line naming it and what is wrong.
+
+A header is a claim: it is checked against what the file can hold before anything is
+decompressed, and the data is streamed, so a small gzip file that claims millions of images
+costs nothing but its refusal.
 
     fashion-mlp preprocess --raw-dir data/raw --out-dir data/processed
 """
 
 import gzip
-import hashlib
 import math
+import os
 import struct
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
-from fashion_mlp.atomic import atomic_path
-from fashion_mlp.download import RAW_FILES
+from fashion_mlp.dataset import IMAGE_SHAPE, MAX_IMAGES, NUM_CLASSES, RAW_FILES, SPLITS
 from fashion_mlp.errors import PipelineError
+from fashion_mlp.splits import Split, save_split, split_path
 
-IMAGE_SHAPE = (28, 28)
-CLASS_NAMES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
-SPLITS = ("train", "test")
 GZIP_MAGIC = b"\x1f\x8b"
 IDX_UINT8_MAGIC = b"\x00\x00\x08"
+# Deflate cannot expand data by more than this factor (RFC 1951's longest match, 258 bytes,
+# coded in 2 bits): a header claiming more than this times the gzip file's size is a lie.
+MAX_DEFLATE_RATIO = 1032
+CHUNK = 1 << 20
 
 
-@dataclass(frozen=True)
-class Split:
-    images: torch.Tensor  # uint8, N x 28 x 28
-    labels: torch.Tensor  # int64, N
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-def read_idx(path: Path) -> torch.Tensor:
-    """Decode one uint8 IDX file (gzip or plain) into a tensor of the shape its header gives.
+def read_idx(path: Path, limit: int | None = None) -> torch.Tensor:
+    """Decode one uint8 IDX file (gzip or plain) into a tensor of the shape its header gives,
+    or only its first `limit` items.
 
     IDX: two zero bytes, type code 0x08 (uint8), the number of dimensions, one big-endian
     uint32 per dimension, then the data. Every part is checked, so a bad file is named with
@@ -59,33 +45,83 @@ def read_idx(path: Path) -> torch.Tensor:
     """
     path = Path(path)
     try:
-        content = path.read_bytes()
-        if content[:2] == GZIP_MAGIC:
-            content = gzip.decompress(content)
+        with path.open("rb") as raw:
+            compressed = raw.read(2) == GZIP_MAGIC
+            raw.seek(0)
+            size = os.fstat(raw.fileno()).st_size
+            stream: BinaryIO = gzip.GzipFile(fileobj=raw) if compressed else raw  # type: ignore[assignment]
+            return _decode(path, stream, size, compressed, limit)
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found; run `fashion-mlp download` first") from None
+    except IsADirectoryError:
+        raise PipelineError(f"{path}: is a folder, expected an IDX file") from None
     except (OSError, EOFError, zlib.error) as err:
         raise PipelineError(f"{path}: not a complete gzip file ({err})") from None
-    if len(content) < 4 or content[:3] != IDX_UINT8_MAGIC:
+
+
+def _decode(
+    path: Path, stream: BinaryIO, size: int, compressed: bool, limit: int | None
+) -> torch.Tensor:
+    magic = stream.read(4)
+    if len(magic) < 4 or magic[:3] != IDX_UINT8_MAGIC:
         raise PipelineError(
-            f"{path}: not a uint8 IDX file: magic number {content[:4].hex()}, "
+            f"{path}: not a uint8 IDX file: magic number {magic.hex()}, "
             f"expected {IDX_UINT8_MAGIC.hex()}01 (labels) or {IDX_UINT8_MAGIC.hex()}03 (images)"
         )
-    header_size = 4 + 4 * content[3]
-    shape = struct.unpack(f">{content[3]}I", content[4:header_size].ljust(header_size - 4, b"\0"))
-    if len(content) != header_size + math.prod(shape):
+    dims = stream.read(4 * magic[3])
+    if magic[3] == 0 or len(dims) < 4 * magic[3]:
+        raise PipelineError(f"{path}: the IDX header ends before its {magic[3]} dimensions")
+    shape = struct.unpack(f">{magic[3]}I", dims)
+    claimed = math.prod(shape)
+    described = f"the header says {' x '.join(map(str, shape))} = {claimed} bytes of data"
+    if shape[0] > MAX_IMAGES:
         raise PipelineError(
-            f"{path}: the header says {' x '.join(map(str, shape))} = {math.prod(shape)} bytes "
-            f"of data, the file holds {max(len(content) - header_size, 0)}"
+            f"{path}: the header claims {shape[0]} items; Fashion-MNIST files hold at most "
+            f"{MAX_IMAGES} (refused before decompressing)"
         )
-    return torch.frombuffer(bytearray(content), dtype=torch.uint8, offset=header_size).reshape(
-        shape
-    )
+    capacity = size * MAX_DEFLATE_RATIO if compressed else size - len(magic) - len(dims)
+    if claimed > capacity:
+        kind = "gzip file" if compressed else "file"
+        raise PipelineError(
+            f"{path}: {described}, more than a {size}-byte {kind} can hold "
+            "(refused before decompressing)"
+        )
+    items = shape[0] if limit is None else min(limit, shape[0])
+    item_size = math.prod(shape[1:])
+    data = _read_up_to(stream, items * item_size)
+    if len(data) < items * item_size:
+        raise PipelineError(f"{path}: {described}, the file holds {len(data)}")
+    if limit is None:
+        extra = _count_rest(stream, claimed)
+        if extra:
+            raise PipelineError(f"{path}: {described}, the file holds {claimed + extra}")
+    if not data:
+        return torch.empty((items, *shape[1:]), dtype=torch.uint8)
+    return torch.frombuffer(data, dtype=torch.uint8).reshape(items, *shape[1:])
 
 
-def read_idx_images(path: Path) -> torch.Tensor:
+def _read_up_to(stream: BinaryIO, count: int) -> bytearray:
+    """Up to `count` bytes, read in chunks: memory grows only as real data arrives."""
+    data = bytearray()
+    while len(data) < count:
+        chunk = stream.read(min(CHUNK, count - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _count_rest(stream: BinaryIO, limit: int) -> int:
+    """How many bytes follow (counting stops past `limit`: enough to say the file is wrong)."""
+    extra = 0
+    while extra <= limit and (chunk := stream.read(CHUNK)):
+        extra += len(chunk)
+    return extra
+
+
+def read_idx_images(path: Path, limit: int | None = None) -> torch.Tensor:
     """N x 28 x 28 uint8 images from an IDX file (used by `preprocess` and `predict`)."""
-    images = read_idx(path)
+    images = read_idx(path, limit)
     if images.dim() != 3 or tuple(images.shape[1:]) != IMAGE_SHAPE:
         raise PipelineError(
             f"{path}: expected images of shape N x 28 x 28, got {tuple(images.shape)}"
@@ -104,7 +140,9 @@ def decode_split(images_path: Path, labels_path: Path) -> Split:
         raise PipelineError(
             f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path}"
         )
-    if len(labels) and int(labels.max()) >= len(CLASS_NAMES):
+    if len(labels) == 0:
+        raise PipelineError(f"{labels_path}: no labels in it")
+    if int(labels.max()) >= NUM_CLASSES:
         raise PipelineError(f"{labels_path}: label {int(labels.max())} outside 0-9")
     return Split(images=images.contiguous(), labels=labels.long())
 
@@ -120,23 +158,5 @@ def preprocess(raw_dir: Path, out_dir: Path) -> dict[str, Split]:
     }
     # Decoding finished for every split before the first write: a bad file leaves no output.
     for split, data in splits.items():
-        with atomic_path(out_dir / f"{split}.pt") as tmp:
-            torch.save({"images": data.images, "labels": data.labels}, tmp)
+        save_split(data, split_path(out_dir, split))
     return splits
-
-
-def load_split(processed_dir: Path, split: str) -> Split:
-    path = Path(processed_dir) / f"{split}.pt"
-    try:
-        saved = torch.load(path, weights_only=True)
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: not found; run `fashion-mlp preprocess` first") from None
-    return Split(images=saved["images"], labels=saved["labels"])
-
-
-def data_fingerprint(processed_dir: Path) -> str:
-    """MD5 over the processed tensors, recorded with each run so runs on other data stand out."""
-    digest = hashlib.md5()
-    for split in SPLITS:
-        digest.update((Path(processed_dir) / f"{split}.pt").read_bytes())
-    return digest.hexdigest()

@@ -1,0 +1,62 @@
+"""Which project modules a pipeline stage executes, derived from the code itself.
+
+A stage runs `fashion-mlp COMMAND`: the CLI module's top-level imports, the imports inside the
+command's function (and inside the CLI helpers it calls), then everything those modules import,
+anywhere in their source (a function-level import is still code the stage may run), to the end.
+tests/test_dvc_yaml.py compares this closure with each stage's code deps in dvc.yaml.
+"""
+
+import ast
+from pathlib import Path
+
+PACKAGE = "fashion_mlp"
+
+
+def _imported(nodes: list[ast.AST]) -> set[str]:
+    """Project module names imported by these nodes (`from fashion_mlp import x` included)."""
+    found = set()
+    for node in nodes:
+        for child in ast.walk(node):
+            if isinstance(child, ast.Import):
+                found |= {alias.name for alias in child.names if alias.name.startswith(PACKAGE)}
+            elif isinstance(child, ast.ImportFrom) and (child.module or "").startswith(PACKAGE):
+                if child.module == PACKAGE:
+                    found |= {f"{PACKAGE}.{alias.name}" for alias in child.names}
+                else:
+                    found.add(child.module)
+    return found
+
+
+def module_file(source_root: Path, module: str) -> Path:
+    return source_root / (module.replace(".", "/") + ".py")
+
+
+def command_closure(source_root: Path, command: str) -> set[Path]:
+    """Files of every project module `fashion-mlp COMMAND` may execute, cli.py included."""
+    cli_file = module_file(source_root, f"{PACKAGE}.cli")
+    tree = ast.parse(cli_file.read_text())
+    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    top_level = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+    # The command's function and the module-level functions it calls, transitively.
+    reached, todo = set(), [command.replace("-", "_")]
+    while todo:
+        name = todo.pop()
+        if name in reached or name not in functions:
+            continue
+        reached.add(name)
+        todo += [
+            call.func.id
+            for call in ast.walk(functions[name])
+            if isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+        ]
+    if command.replace("-", "_") not in reached:
+        raise ValueError(f"cli.py has no command {command!r}")
+    modules = _imported(top_level + [functions[name] for name in reached])
+    closure = {f"{PACKAGE}.cli"}
+    while modules:
+        module = modules.pop()
+        if module in closure:
+            continue
+        closure.add(module)
+        modules |= _imported([ast.parse(module_file(source_root, module).read_text())])
+    return {module_file(source_root, module) for module in closure}

@@ -1,0 +1,148 @@
+"""The thread policy: a fair share of the cores per training, and the same weights whatever the
+share (strict MKL numerics), alone, two at once, or with a fixed count."""
+
+import gzip
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fashion_mlp.dataset import RAW_FILES
+from fashion_mlp.preprocess import preprocess
+from fashion_mlp.threads import CoreShare, available_cores, threads_for
+from helpers.data import declared_params, idx_bytes, tiny_params, write_params
+from helpers.process import CLI, stage_env
+
+
+@pytest.mark.parametrize(
+    ("cores", "trainings", "threads"),
+    [(2, 1, 2), (2, 2, 1), (2, 3, 1), (8, 3, 2), (16, 4, 4), (1, 1, 1), (4, 0, 4)],
+)
+def test_each_training_gets_a_fair_share_of_the_cores_and_at_least_one(cores, trainings, threads):
+    assert threads_for(cores, trainings) == threads
+
+
+def test_registered_trainings_are_counted_and_a_dead_ones_entry_is_dropped(tmp_path):
+    registry = tmp_path / "cores"
+    # A process that registers, then dies without cleaning up (SIGKILL).
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from fashion_mlp.threads import CoreShare
+        share = CoreShare({str(registry)!r}).__enter__()
+        print("registered", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert len(list(registry.glob("*.training"))) == 1
+    with CoreShare(registry) as first, CoreShare(registry) as second:
+        assert first.live_trainings() == 2  # the dead process's entry is gone
+        assert len(list(registry.glob("*.training"))) == 2
+        assert second.rebalance(force=True) == threads_for(available_cores(), 2)
+    assert list(registry.glob("*.training")) == []
+    with CoreShare(registry) as alone:
+        assert alone.rebalance(force=True) == available_cores()
+
+
+def test_a_fixed_thread_count_is_used_as_given_without_registering(tmp_path):
+    with CoreShare(tmp_path / "cores", fixed_threads=1) as share:
+        assert share.rebalance(force=True) == 1 and torch.get_num_threads() == 1
+        assert not (tmp_path / "cores").exists()
+    torch.set_num_threads(available_cores())
+
+
+@pytest.fixture
+def wide_project(tmp_path) -> Path:
+    """Data and a model big enough that MKL splits its matrix products across threads."""
+    rng = np.random.default_rng(0)
+    source = tmp_path / "source"
+    source.mkdir()
+    checksums = {}
+    for split, count in (("train", 2048), ("test", 512)):
+        labels = rng.integers(0, 10, count).astype(np.uint8)
+        images = rng.integers(0, 256, (count, 28, 28)).astype(np.uint8)
+        for kind, array in (("images", images), ("labels", labels)):
+            (source / RAW_FILES[f"{split}_{kind}"]).write_bytes(gzip.compress(idx_bytes(array)))
+            checksums[f"{split}_{kind}"] = "0" * 32  # preprocess reads no checksums
+    params = tiny_params(source, checksums, "sqlite:///mlflow.db")
+    params["train"] |= {"batch_size": 256, "lr": 0.05}
+    # Measured: with 1024 hidden units MKL's default numerics differ between 1 and 2 threads.
+    params["models"]["mlp1"] = {"hidden": [1024], "activation": "relu"}
+    project = tmp_path / "project"
+    project.mkdir()
+    write_params(project / "params.yaml", declared_params(params, "train", "mlp1"))
+    preprocess(source, project / "data/processed")
+    return project
+
+
+def train(project: Path, out: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [CLI, "train", "mlp1", "--no-progress", "--no-tracking", "--out-dir", out],
+        cwd=project,
+        env=stage_env(FASHION_MLP_CORE_REGISTRY=str(project / "cores"), **env),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def weights(project: Path, out: str) -> dict[str, torch.Tensor]:
+    return torch.load(project / out / "model.pt", weights_only=True)["state_dict"]
+
+
+def test_same_weights_bit_for_bit_alone_two_at_once_and_with_any_thread_count(wide_project):
+    runs = {"one-thread": {"FASHION_MLP_THREADS": "1"}, "two-threads": {"FASHION_MLP_THREADS": "2"}}
+    for out, env in runs.items():
+        process = train(wide_project, out, **env)
+        assert process.wait(timeout=300) == 0, process.stderr.read()
+    # Two at once under the fair-share policy, as `dvc queue start -j 2` runs them.
+    together = [train(wide_project, out) for out in ("together-a", "together-b")]
+    for process in together:
+        assert process.wait(timeout=300) == 0, process.stderr.read()
+    reference = weights(wide_project, "one-thread")
+    for out in ("two-threads", "together-a", "together-b"):
+        for name, value in weights(wide_project, out).items():
+            assert torch.equal(value, reference[name]), (out, name)
+
+
+def test_without_strict_numerics_the_thread_count_changes_the_weights(wide_project):
+    """The control: what the policy protects against is real on this machine."""
+    if not torch.backends.mkl.is_available():
+        pytest.skip("this torch computes without MKL")
+    script = textwrap.dedent(
+        """
+        import hashlib, sys, torch
+        from fashion_mlp.model import build_mlp
+        from fashion_mlp.params import ModelSpec
+        from fashion_mlp.splits import load_split
+        torch.set_num_threads(int(sys.argv[1]))
+        data = load_split("data/processed", "train")
+        spec = ModelSpec(hidden=[1024], activation="relu", dropout=0.0, batch_norm=False)
+        model = build_mlp(spec, 0.01, torch.Generator().manual_seed(0))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        x = data.images.float() / 255
+        for batch in torch.arange(len(data)).split(256):
+            loss = torch.nn.functional.cross_entropy(model(x[batch]), data.labels[batch])
+            optimizer.zero_grad(); loss.backward(); optimizer.step()
+        state = b"".join(p.detach().numpy().tobytes() for p in model.parameters())
+        print(hashlib.md5(state).hexdigest())
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    digests = [
+        subprocess.run(
+            [sys.executable, "-c", script, threads],
+            cwd=wide_project,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for threads in ("1", "2")
+    ]
+    assert digests[0] != digests[1]
