@@ -323,6 +323,38 @@ def predict(
             typer.echo(f"{label}: {ranked}")
 
 
+@app.command()
+@friendly_errors
+def sweep(
+    params_file: ParamsOption = PARAMS_FILE,
+    data_dir: Annotated[Path, typer.Option(help="preprocessed tensors")] = PROCESSED_DIR,
+    out_dir: Annotated[Path, typer.Option(help="where the reports go")] = REPORTS_DIR / "sweep",
+    tracking_uri: TrackingUriOption = None,
+    root: RootOption = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            envvar="RAY_ADDRESS",
+            help="join this Ray cluster (default: an embedded local Ray)",
+            show_default=False,
+        ),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Search hyperparameters on Ray Tune (params `sweep`), selecting on a validation split."""
+    from fashion_mlp.params import load_params
+    from fashion_mlp.sweep import run_sweep
+
+    params = load_params(params_file)
+    target = _tracking_target(params, tracking_uri, root)
+    ranked = run_sweep(params, data_dir, out_dir, target, ray_address, progress)
+    best = ranked[0]
+    typer.echo(
+        f"{len(ranked)} trials; best: trial {best.plan.index}, validation accuracy "
+        f"{best.val_acc:.4f}; report: {out_dir / 'sweep.md'}, entry: {out_dir / 'best.yaml'}"
+    )
+
+
 @app.command("team-setup")
 @friendly_errors
 def team_setup(

@@ -33,6 +33,7 @@ MAX_EPOCHS = 100_000
 MAX_BATCH_SIZE = 1_000_000
 MAX_WIDTH = 65_536
 MAX_SEED = 2**63 - 1
+MAX_IMAGES_IN_SPLIT = 100_000
 
 
 class _Section(BaseModel):
@@ -113,6 +114,29 @@ class MlflowParams(_Section):
     champion: str = Field(pattern=MODEL_NAME.pattern)
 
 
+class AshaParams(_Section):
+    """Ray Tune's ASHA scheduler: every trial runs `grace_period` epochs; then at each rung only
+    the best 1/`reduction_factor` of the trials that reached it go on."""
+
+    grace_period: int = Field(ge=1, le=MAX_EPOCHS)
+    reduction_factor: float = _finite(gt=1)
+
+
+class SweepParams(_Section):
+    """A hyperparameter search on Ray Tune (see sweep.py). `base` is a model entry (like those
+    under `models`) that every trial starts from; `space` draws the keys it varies."""
+
+    name: str = Field(pattern=MODEL_NAME.pattern)
+    trials: int = Field(ge=1, le=10_000)
+    seed: int = Field(ge=0, le=MAX_SEED)
+    validation_size: int = Field(ge=1, le=MAX_IMAGES_IN_SPLIT)
+    max_concurrent_trials: int = Field(ge=1, le=10_000)
+    cpus_per_trial: int = Field(ge=1, le=1024)
+    scheduler: AshaParams
+    base: dict[str, Any]
+    space: dict[str, dict[str, list[Any]]]
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """What one model's training run uses: its architecture and its effective train params
@@ -129,7 +153,7 @@ class RunConfig:
         return {"model": self.name, **architecture} | self.train.model_dump()
 
 
-SECTIONS = ("data", "train", "models", "mlflow")
+SECTIONS = ("data", "train", "models", "mlflow", "sweep")
 # A model entry must name these; every other key of an entry overrides the `train` section.
 ARCH_KEYS = frozenset({"hidden", "activation"})
 
@@ -170,6 +194,10 @@ class Params:
         return self._validate(MlflowParams, self._section("mlflow"), "mlflow")
 
     @cached_property
+    def sweep(self) -> SweepParams:
+        return self._validate(SweepParams, self._section("sweep"), "sweep")
+
+    @cached_property
     def model_names(self) -> list[str]:
         models = self._section("models")
         if not isinstance(models, dict) or not models:
@@ -190,8 +218,11 @@ class Params:
                 f"{self.source}: no model {name!r} under models; "
                 f"known: {', '.join(self.model_names)}"
             )
-        entry = self._raw["models"][name]
-        where = f"models.{name}"
+        return self.entry_config(name, self._raw["models"][name], f"models.{name}")
+
+    def entry_config(self, name: str, entry: Any, where: str) -> RunConfig:
+        """A model entry (hidden, activation, any `train` key) merged onto the `train` section
+        and validated; errors name `where` the offending key is written."""
         if not isinstance(entry, dict):
             raise PipelineError(f"{self.source}: {where} = {entry!r}: expected a mapping")
         arch = {key: value for key, value in entry.items() if key in ARCH_KEYS}
@@ -204,10 +235,8 @@ class Params:
         except ValidationError as err:
             # Name the key where it is written: the model's override, or the shared section.
             loc = err.errors()[0]["loc"]
-            in_entry = bool(loc) and loc[0] in overrides
-            raise PipelineError(
-                _one_line(err, self.source, where if in_entry else "train")
-            ) from None
+            written_in = where if loc and loc[0] in overrides else "train"
+            raise PipelineError(_one_line(err, self.source, written_in)) from None
         shared = {key: getattr(train, key) for key in ModelSpec.model_fields if key not in arch}
         model = self._validate(ModelSpec, arch | shared, where)
         return RunConfig(name=name, model=model, train=train)
