@@ -5,19 +5,30 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 DATASET_DIR := /usr/share/datasets/fashion-mnist
 MLFLOW_PORT ?= 5000
+# The versions every test and figure here came from; `make constraints` refreshes them.
+CONSTRAINTS := constraints.txt
+# Debian packages the tests use: PostgreSQL (team server), Chromium (browser test), iproute2
+# (the Ray cluster test's network namespace).
+TEST_PACKAGES := postgresql chromium iproute2
 
-.PHONY: help install data postgres repro results test bench lint format ui clean
+.PHONY: help install constraints data test-deps repro results sweep test test-fast bench lint format ui clean
 
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
 
-install: $(VENV)/.installed ## create .venv and install the package with its dev tools (pip)
+install: $(VENV)/.installed ## create .venv and install the package with its dev tools (pip, pinned)
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
 	touch $@
+
+constraints: ## re-resolve the newest allowed versions into constraints.txt (then run make test)
+	rm -rf .venv-constraints && python3 -m venv .venv-constraints
+	.venv-constraints/bin/pip install --quiet -e '.[dev]'
+	.venv-constraints/bin/pip freeze --exclude-editable | grep -v '^fashion-mlp' > $(CONSTRAINTS)
+	rm -rf .venv-constraints
 
 data: ## install Debian's dataset-fashion-mnist if possible (else `download` uses the URLs)
 	@if [ -f $(DATASET_DIR)/train-images-idx3-ubyte.gz ]; then \
@@ -28,13 +39,17 @@ data: ## install Debian's dataset-fashion-mnist if possible (else `download` use
 		echo "not root or no apt-get: the download stage will fetch from the URLs in params.yaml"; \
 	fi
 
-postgres: ## install Debian's PostgreSQL server if missing (for the team-server test)
-	@if ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then \
-		echo "PostgreSQL found"; \
+test-deps: ## install the Debian packages the tests start (PostgreSQL, Chromium, iproute2)
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v ip >/dev/null || missing="$$missing iproute2"; \
+	if [ -z "$$missing" ]; then \
+		echo "test packages found"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -qq && apt-get install -y -qq postgresql; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
 	else \
-		echo "not root or no apt-get: the team-server test will be skipped (outside CI)"; \
+		echo "not root or no apt-get: tests needing$$missing will be skipped (outside CI)"; \
 	fi
 
 repro: install data ## run the whole pipeline (dvc repro)
@@ -43,11 +58,17 @@ repro: install data ## run the whole pipeline (dvc repro)
 results: repro ## dvc repro, then refresh README.md's results table from the metrics
 	fashion-mlp compare --readme README.md
 
-test: install data postgres ## run the test suite (what CI runs)
+sweep: install data ## the Ray Tune hyperparameter sweep (dvc repro sweeps/dvc.yaml:sweep)
+	dvc repro sweeps/dvc.yaml:sweep
+
+test: install data test-deps ## run the whole test suite (what CI runs)
 	pytest
 
-bench: install ## benchmarks/run.py: trainer vs textbook loop vs floor; README Performance tables
-	python benchmarks/run.py --readme README.md
+test-fast: install ## the edit loop: every test that starts no server, Ray, DVC or browser
+	pytest -m "not slow" -q
+
+bench: install ## benchmarks/run.py: trainer, bookkeeping, parallel work; README Performance tables
+	python benchmarks/run.py --readme README.md $(ARGS)
 
 lint: install ## ruff check and format check
 	ruff check .
@@ -57,7 +78,8 @@ format: install ## apply ruff's fixes and formatting
 	ruff check --fix .
 	ruff format .
 
-ui: install ## MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) for the project's store
+ui: install ## MLflow UI for the project's store; prints the link to the training runs
+	@echo "open http://127.0.0.1:$(MLFLOW_PORT)/#/experiments?workflowType=machine_learning"
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 clean: ## remove the venv and caches (not data, models or the MLflow store)

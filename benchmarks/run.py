@@ -1,6 +1,6 @@
 """Benchmarks: our trainer against the textbook loop and the compute floor, and the bookkeeping.
 
-    make bench                  # = python benchmarks/run.py; about 3 minutes on 2 cores
+    make bench                  # = python benchmarks/run.py; about 25 minutes on 2 cores
 
 Needs the pipeline's data and params (`dvc repro preprocess` first). Prints one Markdown report
 and writes it to reports/benchmarks.md. Each figure is the median of several runs, with min and
@@ -12,6 +12,8 @@ max. The machine is shared and noisy: the ratios, measured side by side, are the
    tensors of the same shapes, with no data handling at all
 4. Tracking: the train stage (`fashion-mlp train mlp1`) with MLflow vs with --no-tracking
 5. Pipeline: `dvc repro` with nothing to do; `fashion-mlp --help` vs bare `python -c pass`
+6. Parallel work (parallel.py): two trainings at once, queued experiments, `dvc repro --force`
+   and its stages' fixed costs, a Ray sweep against the DVC queue, ASHA against the full grid
 """
 
 import argparse
@@ -33,10 +35,13 @@ import torch
 from torch.nn import functional as F
 
 from fashion_mlp.atomic import fill_between_markers, write_text_atomic
-from fashion_mlp.model import IN_FEATURES, NUM_CLASSES, build_mlp
+from fashion_mlp.dataset import IN_FEATURES, NUM_CLASSES
+from fashion_mlp.model import build_mlp, predict_logits
+from fashion_mlp.numerics import reproducible_numerics
 from fashion_mlp.params import ModelSpec, Params, RunConfig, load_params
-from fashion_mlp.preprocess import Split, load_split
-from fashion_mlp.train import fit, make_optimizer, predict_logits
+from fashion_mlp.splits import Split, load_split
+from fashion_mlp.train import fit, make_optimizer
+from parallel import forced_repro, queued_experiments, sweep_vs_queue, two_trainings
 from textbook_loop import accuracy, make_loaders, torchvision_layout, train_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +106,7 @@ def our_epoch(config: RunConfig, train: Split, test: Split) -> Callable[[], floa
     params = config.train.model_copy(update={"epochs": 1, "device": "cpu"})
     generator = torch.Generator().manual_seed(params.seed)
     model = build_mlp(config.model, params.init_std, generator)
-    return lambda: fit(model, train, test, params, generator)[0]["epoch_seconds"]
+    return lambda: fit(model, train, test, params, generator)[0][0]["epoch_seconds"]
 
 
 def floor_epoch(config: RunConfig, train_count: int, test_count: int) -> Callable[[], float]:
@@ -268,23 +273,35 @@ def bookkeeping_section(params: Params, repeats: int) -> tuple[list[str], list[T
     return lines, targets
 
 
-def report(repeats: int) -> str:
+SECTIONS = ("training", "bookkeeping", "two-trainings", "queue", "repro", "sweep")
+
+
+def report(repeats: int, sections: tuple[str, ...]) -> str:
     """The Markdown report: a summary line, then one `##` section per measurement kind."""
     params = load_params(ROOT / "params.yaml")
-    training, training_targets = training_section(params, repeats)
-    bookkeeping, bookkeeping_targets = bookkeeping_section(params, repeats)
-    targets = training_targets + bookkeeping_targets
+    measured = {
+        "training": lambda: training_section(params, repeats),
+        "bookkeeping": lambda: bookkeeping_section(params, repeats),
+        "two-trainings": lambda: two_trainings(max(2, repeats // 2)),
+        "queue": queued_experiments,
+        "repro": forced_repro,
+        "sweep": sweep_vs_queue,
+    }
+    body: list[str] = []
+    targets: list[Target] = []
+    for section in sections:
+        lines, met = measured[section]()
+        body += [*lines, ""]
+        targets += met
     lines = [
         f"`make bench` on {date.today()}: {platform.machine()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__} with {torch.get_num_threads()} threads, Python "
-        f"{platform.python_version()}. Each cell: median [min-max] seconds of {repeats} runs "
-        f"({max(2, repeats // 2)} each way for the train stage). Read the ratios: the machine "
-        "is shared and noisy.",
+        f"{platform.python_version()}, numerics {reproducible_numerics()}. Each cell: median "
+        f"[min-max] seconds of {repeats} runs ({max(2, repeats // 2)} each way for the train "
+        "stage and the two trainings); the queue, repro and sweep rows are single runs. Read the "
+        "ratios: the machine is shared and noisy.",
         "",
-        *training,
-        "",
-        *bookkeeping,
-        "",
+        *body,
         "## Targets",
         "",
         "| target | measured | met |",
@@ -301,8 +318,18 @@ def main() -> None:
     parser.add_argument(
         "--readme", type=Path, help="also refresh this file's tables (between its markers)"
     )
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})",
+    )
     args = parser.parse_args()
-    text = report(args.repeats)
+    sections = tuple(args.only.split(","))
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        sys.exit(f"error: --only: unknown sections {sorted(unknown)}; known: {SECTIONS}")
+    reproducible_numerics()
+    text = report(args.repeats, sections)
     write_text_atomic(args.out, "# Benchmarks\n\n" + text)
     if args.readme:
         # The README nests the sections one level deeper, under its "Performance" heading.

@@ -106,6 +106,26 @@ def test_full_repro_tracks_both_models_in_one_store(reproduced):
     assert {"metrics/mlp1.json", "metrics/mlp2.json"} <= set(shown)
 
 
+def test_the_readme_journey_in_a_real_browser(reproduced, tmp_path):
+    """Open the training runs in the MLflow UI, select mlp1 and mlp2, press Compare: the
+    compare view shows each one's last test accuracy (Chromium, driven by Playwright)."""
+    import mlflow
+
+    from helpers.browser import CHROMIUM, compare_runs, mlflow_ui
+
+    require(CHROMIUM.exists(), f"{CHROMIUM} not installed (apt-get install chromium)")
+    store = reproduced / "mlflow.db"
+    experiment = mlflow.MlflowClient(f"sqlite:///{store}").get_experiment_by_name("fashion-mlp")
+    with mlflow_ui(store) as url:
+        shown = compare_runs(url, experiment.experiment_id, ["mlp1", "mlp2"], "test_acc", tmp_path)
+    for model in ("mlp1", "mlp2"):
+        history = (reproduced / f"models/{model}/history.csv").read_text().splitlines()
+        last_test_acc = float(history[-1].split(",")[3])
+        assert float(shown[model]) == pytest.approx(last_test_acc, abs=1e-3), shown
+    for picture in ("runs.png", "compare.png"):
+        assert (tmp_path / picture).read_bytes()[:4] == b"\x89PNG"
+
+
 def test_dvc_plots_draws_every_model_on_shared_axes_and_each_confusion_matrix(reproduced):
     shown = json.loads(run(["dvc", "plots", "show", "--json", "--split"], reproduced))["data"]
 

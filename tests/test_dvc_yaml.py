@@ -17,7 +17,7 @@ from helpers.data import PROJECT_ROOT, dvc_stages
 from helpers.imports import command_closure
 
 SOURCE = PROJECT_ROOT / "src"
-PIPELINES = [PROJECT_ROOT / "dvc.yaml"]
+PIPELINES = [PROJECT_ROOT / "dvc.yaml", PROJECT_ROOT / "sweeps/dvc.yaml"]
 
 
 def stages() -> list[tuple[Path, str, dict]]:

@@ -143,6 +143,7 @@ def sweep_runs(project: Path) -> tuple:
     return parents, children
 
 
+@pytest.mark.slow
 def test_a_sweep_tracks_every_trial_stops_the_bad_ones_and_writes_its_reports(
     sweep_project, embedded_ray
 ):
@@ -204,6 +205,7 @@ def test_a_sweep_tracks_every_trial_stops_the_bad_ones_and_writes_its_reports(
     assert ",".join(map(str, config.model.hidden)) == winner.data.params["hidden"]
 
 
+@pytest.mark.slow
 def test_trials_never_read_the_test_split(sweep_project, embedded_ray):
     """With test.pt replaced by garbage, every trial still runs; only the one test of the
     winner, after choosing, stops on it."""
@@ -221,6 +223,7 @@ def test_trials_never_read_the_test_split(sweep_project, embedded_ray):
     assert not (sweep_project / "reports").exists()
 
 
+@pytest.mark.slow
 def test_a_killed_trial_is_retried_without_logging_an_epoch_twice(sweep_project, embedded_ray):
     import threading
 

@@ -95,6 +95,7 @@ def weights(project: Path, out: str) -> dict[str, torch.Tensor]:
     return torch.load(project / out / "model.pt", weights_only=True)["state_dict"]
 
 
+@pytest.mark.slow
 def test_same_weights_bit_for_bit_alone_two_at_once_and_with_any_thread_count(wide_project):
     runs = {"one-thread": {"FASHION_MLP_THREADS": "1"}, "two-threads": {"FASHION_MLP_THREADS": "2"}}
     for out, env in runs.items():
@@ -110,6 +111,7 @@ def test_same_weights_bit_for_bit_alone_two_at_once_and_with_any_thread_count(wi
             assert torch.equal(value, reference[name]), (out, name)
 
 
+@pytest.mark.slow
 def test_without_strict_numerics_the_thread_count_changes_the_weights(wide_project):
     """The control: what the policy protects against is real on this machine."""
     if not torch.backends.mkl.is_available():

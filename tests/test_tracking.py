@@ -5,6 +5,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
+
 from fashion_mlp.preprocess import preprocess
 from fashion_mlp.tracking import HTTP_LIMITS, experiment_url, resolve_tracking_uri
 from helpers.data import declared_params, write_params
@@ -46,6 +48,7 @@ def train_against(
     )
 
 
+@pytest.mark.slow
 def test_an_unreachable_server_fails_the_stage_with_the_uri_and_no_output(workdir, params):
     uri = f"http://127.0.0.1:{free_port()}"
     result = train_against(uri, workdir, params)
@@ -73,6 +76,7 @@ class Refusing(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_a_refusing_server_is_retried_a_bounded_number_of_times(workdir, params):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -90,6 +94,7 @@ def test_a_refusing_server_is_retried_a_bounded_number_of_times(workdir, params)
     assert not (workdir / "models").exists()
 
 
+@pytest.mark.slow
 def test_parallel_stages_on_one_sqlite_store_lose_no_run_and_no_metric_step(workdir, params):
     """Four train stages at once (as `dvc queue start -j 4` runs them) on a fresh store."""
     import mlflow
@@ -128,6 +133,7 @@ def runs_of(store: str) -> list:
     return mlflow.search_runs(experiment_names=["fashion-mlp"], output_format="list")
 
 
+@pytest.mark.slow
 def test_a_soft_deleted_experiment_is_named_with_how_to_restore_it(workdir, params):
     import mlflow
 
@@ -144,6 +150,7 @@ def test_a_soft_deleted_experiment_is_named_with_how_to_restore_it(workdir, para
     assert not (workdir / "models").exists()
 
 
+@pytest.mark.slow
 def test_a_full_disk_under_the_outputs_is_one_line_and_leaves_nothing(workdir, params):
     store = params["mlflow"]["tracking_uri"]
     with small_tmpfs(workdir / "small", "64k") as small:
@@ -158,6 +165,7 @@ def test_a_full_disk_under_the_outputs_is_one_line_and_leaves_nothing(workdir, p
     assert run.info.status == "FAILED"
 
 
+@pytest.mark.slow
 def test_a_full_disk_under_the_store_is_one_line(workdir, params):
     with small_tmpfs(workdir / "store", "4m") as folder:
         store = f"sqlite:///{folder / 'mlflow.db'}"
@@ -169,6 +177,7 @@ def test_a_full_disk_under_the_store_is_one_line(workdir, params):
         assert not (workdir / "models/again").exists()
 
 
+@pytest.mark.slow
 def test_a_read_only_store_is_one_line(workdir, params):
     with small_tmpfs(workdir / "store", "4m") as folder:
         store = f"sqlite:///{folder / 'mlflow.db'}"

@@ -208,6 +208,7 @@ def start_long_training(workdir: Path, params: dict) -> subprocess.Popen:
 @pytest.mark.parametrize(
     "signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["ctrl-c", "sigterm", "sighup"]
 )
+@pytest.mark.slow
 def test_interrupt_mid_epoch_leaves_no_output_and_marks_the_run_killed(workdir, params, signum):
     import mlflow
 
@@ -227,6 +228,7 @@ def test_interrupt_mid_epoch_leaves_no_output_and_marks_the_run_killed(workdir, 
     assert list(out.parent.glob("**/.*.tmp")) == []
 
 
+@pytest.mark.slow
 def test_a_run_whose_process_was_killed_is_closed_by_the_next_training(workdir, params):
     """SIGKILL (or an OOM kill) leaves no chance to close the run; the next training of the
     same model finds it by host, pid and process start time, and closes it KILLED."""

@@ -148,12 +148,11 @@ def run_trial(settings: dict[str, Any], data: dict[str, Any]) -> None:
     from mlflow.entities import Metric
     from ray import tune
 
-    from fashion_mlp.model import build_mlp
     from fashion_mlp.numerics import reproducible_numerics
     from fashion_mlp.params import ModelSpec, TrainParams
     from fashion_mlp.splits import Split
     from fashion_mlp.threads import CoreShare
-    from fashion_mlp.train import fit
+    from fashion_mlp.train import fit, seeded_model
 
     reproducible_numerics()
     trial = settings["trial"]
@@ -182,9 +181,7 @@ def run_trial(settings: dict[str, Any], data: dict[str, Any]) -> None:
         tune.report({key: metrics[key] for key in (*TRIAL_METRICS, "epoch")})
 
     with CoreShare(fixed_threads=settings["cpus_per_trial"]) as cores:
-        torch.manual_seed(params.seed)
-        generator = torch.Generator().manual_seed(params.seed)
-        model = build_mlp(spec, params.init_std, generator)
+        model, generator = seeded_model(spec, params)
         try:
             fit(
                 model,
@@ -322,10 +319,12 @@ def _tune(
         runtime_env["py_modules"] = [str(Path(__file__).parent)]
     started_ray = not ray.is_initialized()
     if started_ray:
+        # "local" starts a private Ray even where another one runs on this machine.
         options: dict[str, Any] = (
             {"address": ray_address}
             if ray_address
             else {
+                "address": "local",
                 "num_cpus": available_cores(),
                 "include_dashboard": False,
                 "object_store_memory": 256 * 1024 * 1024,
@@ -511,19 +510,14 @@ def _close_runs(client: Any, parent_id: str, outcomes: list[TrialOutcome], statu
 def _test_best(best: TrialOutcome, rest: Any, data_dir: Path) -> float:
     """Retrain the best configuration exactly as its trial did (same seed, same split, same
     weights: the numerics are thread-independent) and score it once on the test split."""
-    import torch
-
-    from fashion_mlp.model import build_mlp
     from fashion_mlp.splits import load_split
     from fashion_mlp.threads import CoreShare
-    from fashion_mlp.train import fit
+    from fashion_mlp.train import fit, seeded_model
 
     test = load_split(data_dir, "test")
     params = best.plan.config.train.model_copy(update={"device": "cpu"})
     with CoreShare() as cores:
-        torch.manual_seed(params.seed)
-        generator = torch.Generator().manual_seed(params.seed)
-        model = build_mlp(best.plan.config.model, params.init_std, generator)
+        model, generator = seeded_model(best.plan.config.model, params)
         history, _ = fit(model, rest, test, params, generator, on_batch_end=cores.rebalance)
     return history[-1]["test_acc"]
 

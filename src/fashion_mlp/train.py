@@ -37,7 +37,7 @@ from fashion_mlp.dataset import NUM_CLASSES
 from fashion_mlp.errors import PipelineError
 from fashion_mlp.model import as_inputs, build_mlp, predict_logits, save_checkpoint
 from fashion_mlp.numerics import reproducible_numerics
-from fashion_mlp.params import RunConfig, TrainParams
+from fashion_mlp.params import ModelSpec, RunConfig, TrainParams
 from fashion_mlp.splits import Split, dvc_digests, load_split, split_path
 from fashion_mlp.threads import CoreShare
 from fashion_mlp.tracking import DatasetRecord, TrackingTarget
@@ -57,6 +57,16 @@ def resolve_device(name: str) -> torch.device:
     if name == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda")
+
+
+def seeded_model(spec: ModelSpec, params: TrainParams) -> tuple[nn.Sequential, torch.Generator]:
+    """The freshly initialised model and the generator that goes on to shuffle and augment.
+
+    torch's global seed is set too: dropout draws from it.
+    """
+    torch.manual_seed(params.seed)
+    generator = torch.Generator().manual_seed(params.seed)
+    return build_mlp(spec, params.init_std, generator), generator
 
 
 def make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
@@ -296,9 +306,8 @@ def train_model(
     device = resolve_device(params.device)
     numerics = reproducible_numerics()
     splits = {"train": load_split(data_dir, "train"), "test": load_split(data_dir, "test")}
-    torch.manual_seed(params.seed)
-    generator = torch.Generator().manual_seed(params.seed)
-    model = build_mlp(config.model, params.init_std, generator).to(device)
+    model, generator = seeded_model(config.model, params)
+    model = model.to(device)
     run_tags = {"torch_device": str(device), "numerics": numerics, **tags}
     if target is not None:
         closed = tracking.close_orphaned_runs(target, config.name)
