@@ -36,9 +36,18 @@ def test_dropout_follows_each_hidden_activation_and_is_off_in_eval():
     model = build_mlp(spec([64, 32], "relu", dropout=0.5), 0.01, torch.Generator())
     kinds = [type(layer).__name__ for layer in model]
     assert kinds == ["Flatten", "Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+    # In eval mode dropout passes everything through: the same as the net without it.
+    plain = build_mlp(spec([64, 32], "relu"), 0.01, torch.Generator())
+    linears = [layer for layer in model if isinstance(layer, nn.Linear)]
+    targets = [layer for layer in plain if isinstance(layer, nn.Linear)]
+    for target, source in zip(targets, linears, strict=True):
+        target.load_state_dict(source.state_dict())
     x = torch.rand(8, 28, 28)
     model.eval()
-    torch.testing.assert_close(model(x), model(x))
+    torch.testing.assert_close(model(x), plain(x))
+    # In training mode it zeroes about half the hidden units.
+    model.train()
+    assert not torch.allclose(model(x), plain(x))
 
 
 def test_batch_norm_sits_between_each_hidden_linear_and_its_activation():

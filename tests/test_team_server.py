@@ -179,7 +179,6 @@ def test_a_pickle_champion_planted_on_the_server_is_refused_and_never_runs(team_
     project = team_project(tmp_path, "planted")
     team_setup(team_server, project, member)
     env = team_server.credentials(member, password)
-    run(["dvc", "repro"], project, env=env)
     marker = tmp_path / "payload-ran"
     # The attacker here is any account with EDIT: the registry must not be trusted either.
     with environment(env):
