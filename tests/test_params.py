@@ -64,6 +64,7 @@ def _set(params: dict, dotted: str, value) -> None:
         ("train.batch_norm", "yes", "train.batch_norm = 'yes': Input should be a valid boolean"),
         ("train.augment_shift", 30, "train.augment_shift = 30"),
         ("train.warmup_epochs", 3, "train: warmup_epochs = 3 is longer than epochs = 2"),
+        ("models.mlp1.warmup_epochs", 3, "models.mlp1: warmup_epochs = 3 is longer than epochs"),
     ],
 )
 def test_bad_value_is_refused_naming_key_and_value(tmp_path, params, key, value, expected):

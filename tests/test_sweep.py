@@ -122,6 +122,7 @@ def embedded_ray():
     from fashion_mlp.numerics import NUMERICS_ENV
 
     ray.init(
+        address="local",  # a private instance, whatever else runs on this machine
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,

@@ -10,17 +10,19 @@ mid-sweep loses only its running trials, which Ray retries on the head. One clus
 module (~20 s to start); the node-loss test runs last, since that node does not come back.
 """
 
+import contextlib
 import json
-import os
-import signal
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 from helpers.data import tiny_params, write_params, write_synthetic_raw
@@ -48,8 +50,25 @@ def namespace() -> Iterator[list[str]]:
 
 
 def in_namespace(inside: list[str], command: list[str], **popen) -> subprocess.Popen:
-    # Its own process group, so a node (and everything it started) can be killed alone.
     return subprocess.Popen([*inside, *command], start_new_session=True, **popen)
+
+
+def kill_node(process: subprocess.Popen) -> None:
+    """SIGKILL a process and everything it started, as a machine losing power would.
+
+    By process tree, not process group: a trial worker that outlived its raylet in another
+    group would go on reporting to the driver directly and finish as if nothing happened.
+    """
+    try:
+        root = psutil.Process(process.pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    for member in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    psutil.wait_procs(tree, timeout=10)
+    process.wait()
 
 
 @dataclass
@@ -73,7 +92,7 @@ def cluster(namespace, tmp_path_factory) -> Iterator[Cluster]:
         RAY_health_check_period_ms="500",
         RAY_health_check_failure_threshold="3",
     )
-    processes = []
+    processes, temp = [], None
     try:
         store, port = folder / "mlflow.db", free_port()
         processes.append(
@@ -99,8 +118,11 @@ def cluster(namespace, tmp_path_factory) -> Iterator[Cluster]:
             )
         )
         gcs = free_port()
+        # Its own short temp dir (Ray's socket paths must stay short): the cluster's files, and
+        # the address file a later plain `ray.init()` would read, stay out of /tmp/ray.
+        temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
         common = ["--num-cpus", "1", "--disable-usage-stats", "--block"]
-        common += ["--object-store-memory", str(100 * 1024 * 1024)]
+        common += ["--object-store-memory", str(100 * 1024 * 1024), "--temp-dir", temp]
         processes.append(
             in_namespace(
                 namespace,
@@ -136,9 +158,9 @@ def cluster(namespace, tmp_path_factory) -> Iterator[Cluster]:
         yield Cluster(namespace, address, server, store, worker, worker_node)
     finally:
         for process in processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            kill_node(process)
+        if temp:
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 def _nodes(inside: list[str], address: str, env: dict) -> list[tuple[str, str]] | None:
@@ -245,7 +267,7 @@ def test_killing_a_node_mid_sweep_loses_only_its_running_trials(cluster, tmp_pat
                     victim = run
         time.sleep(0.2)
     assert victim is not None, "no trial was seen running on the second node"
-    os.killpg(cluster.worker.pid, signal.SIGKILL)
+    kill_node(cluster.worker)
 
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr

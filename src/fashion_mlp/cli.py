@@ -76,7 +76,7 @@ def main(
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGHUP, _raise_interrupt)
     # Before torch loads: MKL reads this at its first computation. Strict mode makes results
-    # independent of the thread count (see threads.py); this process's children inherit it.
+    # independent of the thread count (see numerics.py); this process's children inherit it.
     for variable, value in NUMERICS_ENV.items():
         os.environ.setdefault(variable, value)
     show_tracebacks.set(verbose)

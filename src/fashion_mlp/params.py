@@ -235,7 +235,9 @@ class Params:
         except ValidationError as err:
             # Name the key where it is written: the model's override, or the shared section.
             loc = err.errors()[0]["loc"]
-            written_in = where if loc and loc[0] in overrides else "train"
+            # A rule across keys (no loc) involves the entry whenever it overrides any key.
+            in_entry = loc[0] in overrides if loc else bool(overrides)
+            written_in = where if in_entry else "train"
             raise PipelineError(_one_line(err, self.source, written_in)) from None
         shared = {key: getattr(train, key) for key in ModelSpec.model_fields if key not in arch}
         model = self._validate(ModelSpec, arch | shared, where)

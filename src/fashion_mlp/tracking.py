@@ -18,6 +18,7 @@ import os
 import re
 import socket
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -314,8 +315,6 @@ def log_to_run(
 ) -> None:
     """Add metrics and files to a finished run without reopening it, so its start and end
     times stay those of the training that produced it."""
-    import time
-
     import mlflow
     from mlflow.entities import Metric
     from mlflow.exceptions import MlflowException

@@ -92,7 +92,8 @@ def compare_runs(
 ) -> dict[str, str]:
     """Walk the README's journey; return the compare view's `metric` cell for each run name.
 
-    Saves `runs.png` (the training runs, both selected) and `compare.png` in `screenshots`.
+    Saves `runs.png` (the training runs, both selected) and `compare.png` (the compare view
+    at the metric's row) in `screenshots`.
     """
     from playwright.sync_api import sync_playwright
 
@@ -112,8 +113,14 @@ def compare_runs(
             close.first.click()  # the assistant panel, to see the whole table
         page.screenshot(path=str(screenshots / "runs.png"))
         page.get_by_role("button", name="Compare", exact=True).click()
-        page.get_by_text(metric, exact=True).first.wait_for(timeout=60_000)
-        page.screenshot(path=str(screenshots / "compare.png"), full_page=True)
+        metric_name = page.get_by_text(metric, exact=True).first
+        metric_name.wait_for(timeout=60_000)
+        page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+        # Scroll the page to the metrics table, not inside it: its name and value columns are
+        # separate grids that MLflow 3.17 scrolls independently (a wheel over the values moves
+        # them alone), which would misalign the picture.
+        page.get_by_text("Metrics", exact=True).first.scroll_into_view_if_needed()
+        page.screenshot(path=str(screenshots / "compare.png"))
         names = page.locator("tr", has=page.get_by_text("Run Name:", exact=True)).first
         name_cells = [cell.strip() for cell in names.locator("td").all_inner_texts()]
         value_cells = page.evaluate(METRIC_CELLS, metric)
