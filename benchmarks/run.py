@@ -175,7 +175,11 @@ def tracking_overhead(model: str, experiment: str, repeats: int) -> tuple[Timing
 
 def pipeline_is_up_to_date() -> bool:
     status = subprocess.run(
-        [str(BIN / "dvc"), "status", "--json"], cwd=ROOT, capture_output=True, text=True, check=True
+        [str(BIN / "dvc"), "status", "--json", "dvc.yaml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(status.stdout or "{}") == {}
 
