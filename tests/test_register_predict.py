@@ -2,7 +2,6 @@
 
 import json
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from PIL import Image
 
 from fashion_mlp.dataset import CLASS_NAMES
 from helpers.data import synthetic_split, write_params
-from helpers.process import VENV_BIN, free_port, stage_env
+from helpers.process import VENV_BIN, free_port, responds, stage_env, wait_until
 
 TEST_IMAGES, TEST_LABELS = synthetic_split(100, seed=2)
 
@@ -207,19 +206,12 @@ def test_mlflow_serves_the_champion_over_http_and_refuses_a_pickle_one(registere
     port = free_port()
     server = serve(port)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, "mlflow models serve exited"
-                assert time.monotonic() < deadline, "server did not come up in 120 s"
-                time.sleep(0.5)
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: responds(f"{url}/ping"), "mlflow models serve", None, process=server)
         index = 11
         pixels = (TEST_IMAGES[index : index + 1] / 255.0).astype(np.float32).tolist()
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations",
+            f"{url}/invocations",
             data=json.dumps({"inputs": pixels}).encode(),
             headers={"Content-Type": "application/json"},
         )

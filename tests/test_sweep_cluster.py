@@ -28,6 +28,7 @@ import pytest
 from helpers.data import tiny_params, write_params, write_synthetic_raw
 from helpers.markers import require
 from helpers.process import CLI, VENV_BIN, free_port, stage_env, wait_until
+from helpers.servers import mlflow_server_command
 from test_sweep import sweep_section
 
 pytestmark = pytest.mark.slow
@@ -98,20 +99,7 @@ def cluster(namespace, tmp_path_factory) -> Iterator[Cluster]:
         processes.append(
             in_namespace(
                 namespace,
-                [
-                    str(VENV_BIN / "mlflow"),
-                    "server",
-                    "--backend-store-uri",
-                    f"sqlite:///{store}",
-                    "--artifacts-destination",
-                    str(folder / "artifacts"),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--workers",
-                    "1",
-                ],
+                mlflow_server_command(f"sqlite:///{store}", folder / "artifacts", port),
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

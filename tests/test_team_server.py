@@ -36,6 +36,11 @@ def team_setup(server: TeamServer, project: Path, *users: str) -> str:
     return run([CLI, "team-setup", *options], project, env=server.as_admin())
 
 
+def stage(args: list[str], project: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run a `fashion-mlp` command that may fail; its exit status and output for the test."""
+    return subprocess.run([CLI, *args], cwd=project, env=env, capture_output=True, text=True)
+
+
 def request(server: TeamServer, method: str, path: str, body: dict | None = None, auth=None):
     """A raw HTTP request, as `curl` would send it; returns the status code."""
     import base64
@@ -122,13 +127,7 @@ def test_a_user_without_permission_cannot_write_and_is_told_so(team_server, tmp_
     team_setup(team_server, project, member)
     run([CLI, "preprocess", "--raw-dir", str(tmp_path / "source")], project)
     env = stage_env(**team_server.credentials(outsider, outsider_password))
-    result = subprocess.run(
-        [CLI, "train", "mlp1", "--no-progress"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    result = stage(["train", "mlp1", "--no-progress"], project, env)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: MLflow tracking store {team_server.uri}: permission denied for user "
@@ -157,13 +156,7 @@ def test_a_wrong_or_missing_password_fails_the_stage_with_one_line(team_server, 
     env = stage_env(MLFLOW_TRACKING_URI=team_server.uri)
     if password:
         env |= {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
-    result = subprocess.run(
-        [CLI, "train", "mlp1", "--no-progress"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    result = stage(["train", "mlp1", "--no-progress"], project, env)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"error: MLflow tracking store {team_server.uri}: the server refused the credentials "
@@ -185,13 +178,7 @@ def test_a_pickle_champion_planted_on_the_server_is_refused_and_never_runs(team_
         plant_pickle_champion(team_server.uri, marker, experiment="planted")
     images, _ = synthetic_split(1, seed=0)
     Image.fromarray(images[0]).save(project / "garment.png")
-    result = subprocess.run(
-        [CLI, "predict", "garment.png"],
-        cwd=project,
-        env=stage_env(**env),
-        capture_output=True,
-        text=True,
-    )
+    result = stage(["predict", "garment.png"], project, stage_env(**env))
     assert result.returncode == 1
     assert "refusing model models:/planted@champion: it is not in MLflow's safe pt2" in (
         result.stderr

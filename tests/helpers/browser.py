@@ -10,11 +10,13 @@ the README's screenshots of the project's own store:
 import argparse
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the `helpers` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from helpers.process import VENV_BIN, free_port, responds, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 # As Debian's Chromium needs it here: no sandbox as root, and no background connections (the
@@ -30,22 +32,13 @@ CHROMIUM_ARGS = [
 ]
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextmanager
 def mlflow_ui(store: Path) -> Iterator[str]:
     """`mlflow ui` on a SQLite store, on 127.0.0.1; yields its URL."""
     port = free_port()
-    mlflow = Path(sys.executable).parent / "mlflow"
     process = subprocess.Popen(
         [
-            str(mlflow),
+            str(VENV_BIN / "mlflow"),
             "ui",
             "--backend-store-uri",
             f"sqlite:///{Path(store).resolve()}",
@@ -59,15 +52,7 @@ def mlflow_ui(store: Path) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("mlflow ui did not start") from None
-                time.sleep(0.5)
+        wait_until(lambda: responds(f"{url}/health"), "mlflow ui", None, process=process)
         yield url
     finally:
         process.terminate()

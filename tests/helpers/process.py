@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,13 +21,32 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_until(ready: Callable[[], bool], what: str, log: Path | None, seconds: float = 120):
+def wait_until(
+    ready: Callable[[], bool],
+    what: str,
+    log: Path | None,
+    seconds: float = 120,
+    process: subprocess.Popen | None = None,
+):
+    """Poll `ready` until it holds; fail with the log's tail after `seconds`, or at once if
+    `process` (the program being waited for) has exited."""
     deadline = time.monotonic() + seconds
     while not ready():
+        tail = log.read_text()[-3000:] if log and log.exists() else ""
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"{what} exited with {process.returncode}:\n{tail}")
         if time.monotonic() > deadline:
-            tail = log.read_text()[-3000:] if log and log.exists() else ""
             pytest.fail(f"{what} did not start in {seconds} s:\n{tail}")
         time.sleep(0.5)
+
+
+def responds(url: str) -> bool:
+    """Whether a GET of `url` answers 200 (a server's health or ping endpoint)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
 def stage_env(**extra: str) -> dict[str, str]:

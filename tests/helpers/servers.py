@@ -11,14 +11,14 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 from helpers.markers import require
-from helpers.process import VENV_BIN, free_port, wait_until
+from helpers.process import VENV_BIN, free_port, responds, wait_until
 
 POSTGRES_BINARIES = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
 MLFLOW = str(VENV_BIN / "mlflow")
@@ -119,19 +119,18 @@ class TeamServer:
         return password
 
 
-@contextmanager
-def environment(variables: dict[str, str]) -> Iterator[None]:
+def mlflow_server_command(
+    backend: str, artifacts: Path, port: int, app_name: str | None = None
+) -> list[str]:
+    """`mlflow server` on 127.0.0.1:`port` with one worker, proxying artifacts to a folder."""
+    command = [MLFLOW, "server", *(["--app-name", app_name] if app_name else [])]
+    command += ["--backend-store-uri", backend, "--artifacts-destination", str(artifacts)]
+    return [*command, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+
+
+def environment(variables: dict[str, str]) -> AbstractContextManager:
     """Set variables for the duration (the MLflow client reads credentials from the env)."""
-    saved = {key: os.environ.get(key) for key in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    return mock.patch.dict(os.environ, variables)
 
 
 @contextmanager
@@ -155,38 +154,15 @@ def mlflow_team_server(postgres: str, folder: Path) -> Iterator[TeamServer]:
     }
     with log.open("w") as stream:
         process = subprocess.Popen(
-            [
-                MLFLOW,
-                "server",
-                "--app-name",
-                "basic-auth",
-                "--backend-store-uri",
-                f"{postgres}/mlflow",
-                "--artifacts-destination",
-                str(folder / "artifacts"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            ],
+            mlflow_server_command(f"{postgres}/mlflow", folder / "artifacts", port, "basic-auth"),
             stdout=stream,
             stderr=subprocess.STDOUT,
             env=env,
         )
     uri = f"http://127.0.0.1:{port}"
 
-    def healthy() -> bool:
-        assert process.poll() is None, log.read_text()[-3000:]
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
     try:
-        wait_until(healthy, "mlflow server", log)
+        wait_until(lambda: responds(f"{uri}/health"), "mlflow server", log, process=process)
         yield TeamServer(uri=uri, admin_password=admin_password)
     finally:
         process.terminate()
