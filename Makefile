@@ -65,7 +65,7 @@ test: install data test-deps ## run the whole test suite (what CI runs)
 	pytest
 
 test-fast: install ## the edit loop: every test that starts no server, Ray, DVC or browser
-	pytest -m "not slow" -q
+	pytest -m "not (dvc or ray or server or browser or gpu or slow)" -q
 
 bench: install ## benchmarks/run.py: trainer, bookkeeping, parallel work; README Performance tables
 	python benchmarks/run.py --readme README.md $(ARGS)

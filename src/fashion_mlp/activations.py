@@ -12,15 +12,15 @@ from pathlib import Path
 
 import torch
 
-from fashion_mlp.atomic import atomic_path
-from fashion_mlp.nonlinearities import ACTIVATIONS
+from fashion_mlp.figures import pyplot, save_figure
+from fashion_mlp.nonlinearities import ACTIVATIONS, activation_layer
 
 
 def activation_curves(x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Activation name -> (f(x), f'(x)), the derivative taken by autograd."""
     curves = {}
-    for name, layer in ACTIVATIONS.items():
-        function = layer()
+    for name in ACTIVATIONS:
+        function = activation_layer(name)
         inputs = x.detach().clone().requires_grad_(True)
         outputs = function(inputs)
         # Each output depends only on its own input, so the gradient of the sum is f'(x).
@@ -30,11 +30,7 @@ def activation_curves(x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Te
 
 
 def plot_activations(path: Path, x: torch.Tensor | None = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     x = torch.linspace(-6, 6, 601) if x is None else x
     curves = activation_curves(x)
     fig, axes = plt.subplots(
@@ -51,6 +47,4 @@ def plot_activations(path: Path, x: torch.Tensor | None = None) -> None:
             if row == 1:
                 ax.set_xlabel("x")
     fig.suptitle("Activation functions (top) and their derivatives (bottom)")
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, Path(path))

@@ -1,61 +1,68 @@
-"""The files stages hand to each other: their names and their one reader and writer each.
+"""The files stages hand to each other: their names, their one reader and writer each.
 
-A model folder (`models/MODEL/`) holds `model.pt` (written by `model.save_checkpoint`),
-`history.csv` (one row per epoch) and `run.json` (the MLflow run that trained it); a metrics
-file (`metrics/MODEL.json`) holds the evaluation's headline numbers. Readers refuse a malformed
-file with one line naming it, so a hand-edited or truncated file never becomes a traceback or a
-wrong number. Standard library only: `compare` and `register` read these without torch.
+    configs/MODEL.json            the model's effective params (`configure`; read by `train`)
+    models/MODEL/model.safetensors  the trained weights and architecture (`train`; model.py)
+    models/MODEL/history.csv      one row per epoch (`train`; a DVC plot)
+    metrics/MODEL.json            the evaluation metrics (`evaluate`; metrics.py)
+    evaluation/MODEL/             per-class accuracy, predictions, confusion matrix (`evaluate`)
+
+Every one of them is a function of the stage's inputs: no wall-clock time, run id or registry
+version is written here (those live in MLflow), so an unchanged input gives a byte-identical
+file and DVC stops a rerun there. A model's MLflow run is found by its weights' SHA-256
+(`weights_digest`), which the run carries as a tag. Readers refuse a malformed file with one
+line naming it. Standard library and pydantic only: torch-free stages read these too. The
+folders' defaults are in layout.py.
 """
 
 import csv
+import hashlib
 import json
-import math
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-from fashion_mlp.atomic import atomic_path, write_text_atomic
+from pydantic import ValidationError
+
+from fashion_mlp.atomic import write_text_atomic
 from fashion_mlp.errors import PipelineError
+from fashion_mlp.params import ModelSpec, RunConfig, TrainParams
+from fashion_mlp.tables import csv_text
 
-MODEL_FILE = "model.pt"
+MODEL_FILE = "model.safetensors"
 HISTORY_FILE = "history.csv"
-RUN_FILE = "run.json"
-# Per-epoch metrics, in the order of history.csv's columns after `epoch`. The same keys go to
-# MLflow (step = epoch), to the DVC plots and into the comparison report.
-METRIC_KEYS = ("train_loss", "train_acc", "test_acc", "epoch_seconds")
-HEADLINE_KEYS = ("test_acc", "test_loss")
-EpochMetrics = dict[str, float]  # METRIC_KEYS, plus "epoch"
+# The per-epoch numbers history.csv keeps, after `epoch`: the same keys go to MLflow (step =
+# epoch), to the DVC plots and into the comparison. MLflow also gets each epoch's wall-clock
+# seconds, which no file keeps (they differ on every run).
+HISTORY_KEYS = ("train_loss", "train_acc", "test_acc", "lr")
+EpochMetrics = dict[str, float]  # HISTORY_KEYS, "epoch" and "epoch_seconds"
 
 
-@dataclass(frozen=True)
-class RunInfo:
-    """Which MLflow run trained a model, and where its logged model is."""
-
-    run_id: str
-    model_uri: str
+def config_path(configs_dir: Path, name: str) -> Path:
+    return Path(configs_dir) / f"{name}.json"
 
 
-def write_run_info(model_dir: Path, info: RunInfo) -> None:
-    write_text_atomic(Path(model_dir) / RUN_FILE, json.dumps(asdict(info), indent=2) + "\n")
+def config_text(config: RunConfig) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
 
 
-def read_run_info(model_dir: Path) -> RunInfo:
-    path = Path(model_dir) / RUN_FILE
-    content = _read_json(path, "run `fashion-mlp train` first")
+def read_run_config(path: Path) -> RunConfig:
+    path = Path(path)
+    hint = "run `fashion-mlp configure` (or `dvc repro`) to write it"
     try:
-        return RunInfo(**{key: str(content[key]) for key in ("run_id", "model_uri")})
-    except (KeyError, TypeError):
-        raise PipelineError(
-            f"{path}: not a run file (expected run_id and model_uri); retrain the model "
-            "(`dvc repro --force train@MODEL`)"
-        ) from None
+        content = json.loads(path.read_text(encoding="utf-8"))
+        return RunConfig(
+            name=str(content["name"]),
+            model=ModelSpec.model_validate(content["model"]),
+            train=TrainParams.model_validate(content["train"]),
+        )
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found; {hint}") from None
+    except (OSError, ValueError, KeyError, TypeError, ValidationError) as err:
+        reason = " ".join(str(err).split())[:200]
+        raise PipelineError(f"{path}: not a model config ({reason}); {hint}") from None
 
 
-def write_history(history: list[EpochMetrics], path: Path, keys: tuple[str, ...]) -> None:
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=["epoch", *keys], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(history)
+def history_csv(history: list[EpochMetrics]) -> str:
+    """history.csv's content: `epoch` and HISTORY_KEYS, one row per epoch (no timings)."""
+    return csv_text(history, ["epoch", *HISTORY_KEYS])
 
 
 def read_history(path: Path) -> list[EpochMetrics]:
@@ -71,40 +78,22 @@ def read_history(path: Path) -> list[EpochMetrics]:
         raise PipelineError(f"{path}: not found; run `fashion-mlp train` first") from None
     except (ValueError, TypeError, UnicodeDecodeError) as err:
         raise PipelineError(f"{path}: not a history file ({err}); retrain the model") from None
-    if not history or "epoch" not in history[0]:
-        raise PipelineError(f"{path}: no epochs in it; retrain the model")
+    if not history or set(history[0]) != {"epoch", *HISTORY_KEYS}:
+        raise PipelineError(f"{path}: not a history file of epochs; retrain the model")
     return history
 
 
-def write_metrics(path: Path, metrics: dict[str, float]) -> None:
-    headline = {key: metrics[key] for key in HEADLINE_KEYS}
-    write_text_atomic(Path(path), json.dumps(headline, indent=2) + "\n")
-
-
-def read_metrics(path: Path) -> dict[str, float]:
-    path = Path(path)
-    content = _read_json(path, "run `dvc repro` to evaluate the model")
+def weights_digest(path: Path) -> str:
+    """SHA-256 of a checkpoint file: the identity by which MLflow runs of a model are found."""
+    digest = hashlib.sha256()
     try:
-        metrics = {key: float(content[key]) for key in HEADLINE_KEYS}
-    except (KeyError, TypeError, ValueError):
-        raise PipelineError(
-            f"{path}: expected numbers {', '.join(HEADLINE_KEYS)}; re-evaluate the model "
-            "(`dvc repro --force evaluate@MODEL`)"
-        ) from None
-    if not all(math.isfinite(value) for value in metrics.values()):
-        raise PipelineError(f"{path}: a metric is not a finite number; re-evaluate the model")
-    return metrics
-
-
-def _read_json(path: Path, missing_hint: str) -> Any:
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
+        with Path(path).open("rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
     except FileNotFoundError:
-        raise PipelineError(f"{path}: not found; {missing_hint}") from None
-    except IsADirectoryError:
-        raise PipelineError(f"{path}: is a folder, expected a JSON file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PipelineError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(content, dict):
-        raise PipelineError(f"{path}: expected a JSON object")
-    return content
+        raise PipelineError(f"{path}: not found; run `fashion-mlp train` first") from None
+    return digest.hexdigest()
+
+
+def write_json(path: Path, content: dict) -> None:
+    write_text_atomic(Path(path), json.dumps(content, indent=2, sort_keys=True) + "\n")

@@ -1,5 +1,12 @@
-"""Atomic file writes: a crash, a full disk or a bad input never leaves a half-written output."""
+"""Atomic file writes: a crash, a full disk or a bad input never leaves a half-written output.
 
+Every output is written to a temporary file beside its target, then renamed onto it, which
+POSIX makes atomic on one file system: readers see the old file or the new one, never a torn
+one. A stage with several outputs writes all of them first and renames them together at the end
+(`atomic_paths`), so a failure on the way replaces none of them.
+"""
+
+import contextlib
 import errno
 import os
 import shutil
@@ -12,28 +19,78 @@ from fashion_mlp.errors import PipelineError
 
 
 @contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds.
+def atomic_paths(*targets: Path) -> Iterator[list[Path]]:
+    """A temporary path for each target, with the target's own file name, in a hidden folder
+    beside it; all renamed onto their targets only if the block succeeds. Otherwise they are
+    removed and the targets stay as they were."""
+    targets = tuple(Path(target) for target in targets)
+    folders, temporaries, created = [], [], []
+    succeeded = False
+    try:
+        for target in targets:
+            created += _make_folders(target.parent)
+            folder = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+            folder.mkdir()
+            folders.append(folder)
+            temporaries.append(folder / target.name)
+        yield temporaries
+        for temporary, target in zip(temporaries, targets, strict=True):
+            os.replace(temporary, target)
+        succeeded = True
+    except (OSError, RuntimeError) as err:
+        # torch and safetensors report a failed write as RuntimeError.
+        folder = targets[0].parent if targets else Path(".")
+        if _out_of_space(folder, err):
+            raise PipelineError(
+                f"{targets[0]}: no space left on the disk holding it; free space and rerun"
+            ) from None
+        raise
+    finally:
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+        if not succeeded:  # leave no empty folders behind either
+            for folder in reversed(created):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
-    The temporary file lives in the same folder so the final `os.replace` is a same-filesystem
-    rename, which POSIX makes atomic: readers see the old file or the new one, never a torn one.
-    """
+
+def _make_folders(folder: Path) -> list[Path]:
+    """Create `folder` and its missing parents; the ones created, outermost first."""
+    missing = [path for path in (folder, *folder.parents) if not path.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing[::-1]
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """One temporary path beside `target`, renamed onto it only if the block succeeds."""
+    with atomic_paths(target) as (temporary,):
+        yield temporary
+
+
+@contextmanager
+def atomic_folder(target: Path) -> Iterator[Path]:
+    """A fresh staging folder beside `target`; it replaces `target` (and everything that was in
+    it) only if the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    # A fresh unique name the writer creates itself, so the file gets the usual permissions.
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    staging.mkdir()
+    retired = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
     try:
-        yield tmp
-        os.replace(tmp, target)
-    except (OSError, RuntimeError) as err:
-        # torch reports a failed write as RuntimeError("... unexpected pos 896 vs 790").
+        yield staging
+        if target.exists():
+            os.replace(target, retired)
+        os.replace(staging, target)
+    except OSError as err:
         if _out_of_space(target.parent, err):
             raise PipelineError(
                 f"{target}: no space left on the disk holding it; free space and rerun"
             ) from None
         raise
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)
 
 
 def _out_of_space(folder: Path, err: BaseException) -> bool:
@@ -48,6 +105,11 @@ def _out_of_space(folder: Path, err: BaseException) -> bool:
 def write_text_atomic(target: Path, text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_bytes_atomic(target: Path, content: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(content)
 
 
 def fill_between_markers(target: Path, start: str, end: str, body: str) -> None:

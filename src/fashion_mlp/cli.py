@@ -1,8 +1,11 @@
 """`fashion-mlp`: one subcommand per pipeline stage; `dvc.yaml` calls only these.
 
-This is the only module that knows Typer and the environment. Stage modules are imported inside
-each command so `fashion-mlp --help` starts without loading torch or MLflow. A PipelineError is
-printed as one line (`--verbose` shows the traceback) with exit code 1.
+This is the only module that knows Typer. It reads the process environment for what belongs to
+the process (signals, numerics, the MLflow store, DVC's stage and experiment names); the
+tracking layer reads MLflow's own variables (credentials, HTTP limits), and threads.py the
+core registry. Stage modules are imported inside each command, so `fashion-mlp --help` starts
+without loading torch or MLflow. A PipelineError is printed as one line (`--verbose` shows the
+traceback) with exit code 1; an interrupt prints one line with exit code 130.
 """
 
 import contextvars
@@ -10,23 +13,26 @@ import functools
 import logging
 import os
 import signal
+import subprocess
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
 from fashion_mlp.errors import PipelineError
+from fashion_mlp.layout import (
+    CONFIGS_DIR,
+    EVALUATION_DIR,
+    METRICS_DIR,
+    MODELS_DIR,
+    PARAMS_FILE,
+    PROCESSED_DIR,
+    RAW_DIR,
+    REPORTS_DIR,
+)
 from fashion_mlp.numerics import NUMERICS_ENV
-
-# Default paths, the same ones dvc.yaml passes explicitly.
-PARAMS_FILE = Path("params.yaml")
-RAW_DIR = Path("data/raw")
-PROCESSED_DIR = Path("data/processed")
-MODELS_DIR = Path("models")
-METRICS_DIR = Path("metrics")
-EVALUATION_DIR = Path("evaluation")
-REPORTS_DIR = Path("reports")
 
 app = typer.Typer(
     help="Reproducible, experiment-tracked MLPs on Fashion-MNIST. Run `dvc repro` for the "
@@ -37,29 +43,30 @@ app = typer.Typer(
 )
 
 Command = TypeVar("Command", bound=Callable[..., Any])
-# Set by the --verbose option of the app callback, read by friendly_errors.
-show_tracebacks = contextvars.ContextVar("show_tracebacks", default=False)
 ParamsOption = Annotated[Path, typer.Option("--params", help="params file (YAML)")]
 ModelArgument = Annotated[str, typer.Argument(help="model name, a key under `models` in params")]
 ModelsDirOption = Annotated[Path, typer.Option(help="trained models")]
 MetricsDirOption = Annotated[Path, typer.Option(help="evaluation metrics")]
-TrackingUriOption = Annotated[
-    str | None,
-    typer.Option(
-        envvar="MLFLOW_TRACKING_URI",
-        help="MLflow tracking URI; overrides params mlflow.tracking_uri",
-        show_default=False,
-    ),
-]
-RootOption = Annotated[
-    Path | None,
-    typer.Option(
-        envvar="DVC_ROOT",
-        help="folder that a relative sqlite tracking URI is resolved against "
-        "(set by DVC; default: the params file's folder)",
-        show_default=False,
-    ),
-]
+ConfigsDirOption = Annotated[Path, typer.Option(help="the models' effective params")]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The app's global options, shared by every command."""
+
+    verbose: bool = False
+    tracking_uri: str | None = None
+    root: Path | None = None
+
+
+_settings: contextvars.ContextVar[Settings | None] = contextvars.ContextVar(
+    "settings", default=None
+)
+
+
+def current() -> Settings:
+    """The global options of the command being run."""
+    return _settings.get() or Settings()
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -69,20 +76,36 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 @app.callback()
 def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show tracebacks")] = False,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MLFLOW_TRACKING_URI",
+            help="MLflow tracking URI; overrides params mlflow.tracking_uri",
+            show_default=False,
+        ),
+    ] = None,
+    root: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="DVC_ROOT",
+            help="folder that a relative sqlite tracking URI is resolved against "
+            "(set by DVC; default: the params file's folder)",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     # SIGTERM (from `kill`, a CI timeout, DVC's queue) and SIGHUP (a closed terminal or SSH
     # session) unwind like Ctrl-C, so atomic writes clean up and the MLflow run is marked
     # KILLED rather than left RUNNING.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGHUP, _raise_interrupt)
-    # Before torch loads: MKL reads this at its first computation. Strict mode makes results
-    # independent of the thread count (see numerics.py); this process's children inherit it.
+    # Before torch loads: torch and MKL read these once (numerics.py); children inherit them.
     for variable, value in NUMERICS_ENV.items():
         os.environ.setdefault(variable, value)
-    show_tracebacks.set(verbose)
+    _settings.set(Settings(verbose=verbose, tracking_uri=tracking_uri, root=root))
     if not verbose:
-        # MLflow's SQL store logs each database error with a traceback before raising it; we
-        # turn the error into one line (tracking.store_error), so its log would only repeat it.
+        # MLflow's SQL store logs each database error with a traceback before raising it; the
+        # tracking layer turns the error into one line, so its log would only repeat it.
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
@@ -94,7 +117,7 @@ def friendly_errors(command: Command) -> Command:
         try:
             return command(*args, **kwargs)
         except PipelineError as err:
-            if show_tracebacks.get():
+            if current().verbose:
                 raise
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(1) from None
@@ -103,7 +126,7 @@ def friendly_errors(command: Command) -> Command:
             raise typer.Exit(130) from None
         except OSError as err:
             # A file system refusing us (read-only, permissions, gone): name the path.
-            if show_tracebacks.get():
+            if current().verbose:
                 raise
             where = f"{err.filename}: " if err.filename else ""
             typer.echo(f"error: {where}{err.strerror or err}", err=True)
@@ -112,13 +135,29 @@ def friendly_errors(command: Command) -> Command:
     return wrapper  # type: ignore[return-value]
 
 
-def _tracking_target(params: Any, tracking_uri: str | None, root: Path | None) -> Any:
-    from fashion_mlp.tracking import TrackingTarget, resolve_tracking_uri
+def _store(params_file: Path, create_experiment: bool = True) -> Any:
+    """The tracking store of params `mlflow` (or --tracking-uri / MLFLOW_TRACKING_URI), its
+    connection started in the background."""
+    from fashion_mlp.params import load_params
+    from fashion_mlp.tracking.store import Store, resolve_target
 
-    settings = params.mlflow
-    uri = tracking_uri or settings.tracking_uri
-    root = root or params.source.resolve().parent
-    return TrackingTarget(uri=resolve_tracking_uri(uri, root), experiment=settings.experiment)
+    chosen = current()
+    root = chosen.root or Path(params_file).resolve().parent
+    target = resolve_target(load_params(params_file).tracking, chosen.tracking_uri, root)
+    store = Store(target, create_experiment=create_experiment)
+    store.connect_in_background()
+    return store
+
+
+def _git_commit(folder: Path) -> str | None:
+    """The commit the code runs from, or None outside a git checkout."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return result.stdout.strip()
 
 
 @app.command()
@@ -139,13 +178,28 @@ def download(
 @friendly_errors
 def preprocess(
     raw_dir: Annotated[Path, typer.Option(help="the downloaded gzip IDX files")] = RAW_DIR,
-    out_dir: Annotated[Path, typer.Option(help="where train.pt and test.pt go")] = PROCESSED_DIR,
+    out_dir: Annotated[Path, typer.Option(help="where the processed splits go")] = PROCESSED_DIR,
 ) -> None:
     """Decode the IDX files once into uint8 image and int64 label tensors."""
     from fashion_mlp.preprocess import preprocess as decode
+    from fashion_mlp.splits import split_path
 
     for split, data in decode(raw_dir, out_dir).items():
-        typer.echo(f"{out_dir / (split + '.pt')}: {len(data)} images")
+        typer.echo(f"{split_path(out_dir, split)}: {len(data)} images")
+
+
+@app.command()
+@friendly_errors
+def configure(
+    params_file: ParamsOption = PARAMS_FILE,
+    out_dir: ConfigsDirOption = CONFIGS_DIR,
+) -> None:
+    """Write each model's effective params (params `train` with its `models` entry applied)."""
+    from fashion_mlp.configure import configure as write_configs
+    from fashion_mlp.params import load_params
+
+    configs = write_configs(load_params(params_file), out_dir)
+    typer.echo(f"{out_dir}: {', '.join(config.name for config in configs)}")
 
 
 @app.command()
@@ -153,18 +207,18 @@ def preprocess(
 def train(
     model: ModelArgument,
     params_file: ParamsOption = PARAMS_FILE,
+    config: Annotated[
+        Path | None, typer.Option(help="default: configs/MODEL.json", show_default=False)
+    ] = None,
     data_dir: Annotated[Path, typer.Option(help="preprocessed tensors")] = PROCESSED_DIR,
     out_dir: Annotated[
         Path | None, typer.Option(help="default: models/MODEL", show_default=False)
     ] = None,
-    tracking_uri: TrackingUriOption = None,
-    root: RootOption = None,
     dvc_stage: Annotated[str | None, typer.Option(envvar="DVC_STAGE", hidden=True)] = None,
     dvc_exp_name: Annotated[str | None, typer.Option(envvar="DVC_EXP_NAME", hidden=True)] = None,
-    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    progress: Annotated[bool, typer.Option(help="show progress bars on a terminal")] = True,
     tracking: Annotated[
-        bool,
-        typer.Option(help="log to MLflow; --no-tracking also skips run.json (for benchmarks)"),
+        bool, typer.Option(help="log to MLflow (--no-tracking: for benchmarks)")
     ] = True,
     threads: Annotated[
         int | None,
@@ -176,31 +230,33 @@ def train(
             show_default=False,
         ),
     ] = None,
-    core_registry: Annotated[
-        Path | None, typer.Option(envvar="FASHION_MLP_CORE_REGISTRY", hidden=True)
-    ] = None,
 ) -> None:
     """Train one MLP and record params, per-epoch metrics, its data and the model in MLflow."""
-    from fashion_mlp.params import load_params
+    from fashion_mlp.artifacts import config_path, read_run_config
     from fashion_mlp.threads import CoreShare
-    from fashion_mlp.tracking import git_commit
+    from fashion_mlp.tracking.runs import NullRuns, Runs
     from fashion_mlp.train import train_model
 
-    params = load_params(params_file)
-    config = params.run_config(model)
-    target = _tracking_target(params, tracking_uri, root) if tracking else None
+    runs = Runs(_store(params_file)) if tracking else NullRuns()
+    config = config or config_path(CONFIGS_DIR, model)
+    run_config = read_run_config(config)
+    if run_config.name != model:
+        raise PipelineError(
+            f"{config}: holds the config of {run_config.name!r}, not {model!r}; pass "
+            f"--config {config_path(CONFIGS_DIR, model)}"
+        )
     tags = {
-        "git_commit": git_commit(params_file.resolve().parent),
+        "git_commit": _git_commit(Path(params_file).resolve().parent),
         "dvc_stage": dvc_stage,
         "dvc_exp_name": dvc_exp_name,
     }
     history = train_model(
-        config,
+        run_config,
         data_dir,
         out_dir or MODELS_DIR / model,
-        target,
+        runs,
         tags={key: value for key, value in tags.items() if value},
-        cores=CoreShare(core_registry, threads),
+        cores=CoreShare(fixed_threads=threads),
         show_progress=progress,
     )
     last = history[-1]
@@ -222,12 +278,10 @@ def evaluate(
     out_dir: Annotated[
         Path | None, typer.Option(help="default: evaluation/MODEL", show_default=False)
     ] = None,
-    tracking_uri: TrackingUriOption = None,
-    root: RootOption = None,
 ) -> None:
-    """Test accuracy, loss, per-class accuracy and confusion matrix, logged to the train run."""
+    """Test metrics, per-class accuracy and confusion matrix, added to the training run."""
     from fashion_mlp.evaluate import evaluate_model
-    from fashion_mlp.params import load_params
+    from fashion_mlp.tracking.runs import Runs
 
     metrics = evaluate_model(
         model,
@@ -235,15 +289,16 @@ def evaluate(
         data_dir,
         metrics_file or METRICS_DIR / f"{model}.json",
         out_dir or EVALUATION_DIR / model,
-        _tracking_target(load_params(params_file), tracking_uri, root),
+        Runs(_store(params_file, create_experiment=False)),
     )
-    typer.echo(f"{model}: test accuracy {metrics['test_acc']:.4f}, loss {metrics['test_loss']:.4f}")
+    shown = ", ".join(f"{key} {value:.4f}" for key, value in metrics.items())
+    typer.echo(f"{model}: {shown}")
 
 
 @app.command()
 @friendly_errors
 def compare(
-    params_file: ParamsOption = PARAMS_FILE,
+    configs_dir: ConfigsDirOption = CONFIGS_DIR,
     models_dir: ModelsDirOption = MODELS_DIR,
     metrics_dir: MetricsDirOption = METRICS_DIR,
     out_dir: Annotated[Path, typer.Option(help="where the report goes")] = REPORTS_DIR,
@@ -252,13 +307,12 @@ def compare(
         typer.Option(help="also refresh this file's results table (between its markers)"),
     ] = None,
 ) -> None:
-    """Compare all models of params `models`: a Markdown table and learning curves."""
+    """Compare every configured model: a Markdown table and learning curves."""
     from fashion_mlp.compare import compare as compare_models
-    from fashion_mlp.compare import markdown_table
-    from fashion_mlp.params import load_params
+    from fashion_mlp.compare import read_configs
+    from fashion_mlp.tables import markdown_table
 
-    configs = load_params(params_file).run_configs()
-    summary = compare_models(configs, models_dir, metrics_dir, out_dir, readme)
+    summary = compare_models(read_configs(configs_dir), models_dir, metrics_dir, out_dir, readme)
     typer.echo(markdown_table(summary))
     typer.echo(f"report: {out_dir / 'comparison.md'}, curves: {out_dir / 'learning_curves.png'}")
 
@@ -270,19 +324,22 @@ def register(
     models_dir: ModelsDirOption = MODELS_DIR,
     metrics_dir: MetricsDirOption = METRICS_DIR,
     out: Annotated[Path, typer.Option(help="champion summary")] = REPORTS_DIR / "champion.json",
-    tracking_uri: TrackingUriOption = None,
-    root: RootOption = None,
 ) -> None:
     """Register the declared champion (params mlflow.champion) with the alias `champion`."""
     from fashion_mlp.params import load_params
     from fashion_mlp.register import register_champion
+    from fashion_mlp.tracking.registry import Registry, champion_uri
+    from fashion_mlp.tracking.runs import Runs
 
-    params = load_params(params_file)
-    target = _tracking_target(params, tracking_uri, root)
-    champion = register_champion(params.mlflow.champion, models_dir, metrics_dir, out, target)
+    champion = load_params(params_file).champion
+    store = _store(params_file, create_experiment=False)
+    version = register_champion(
+        champion, models_dir, metrics_dir, out, Runs(store), Registry(store)
+    )
+    change = "now points at" if version.created else "already pointed at"
     typer.echo(
-        f"{champion['uri']} -> {champion['model']} (version {champion['version']}, "
-        f"test accuracy {champion['test_acc']:.4f})"
+        f"{champion_uri(version.registered_model)} {change} version {version.version}: "
+        f"{champion} (run {version.run_id}, logged model {version.model_id})"
     )
 
 
@@ -293,25 +350,24 @@ def predict(
     model: Annotated[
         str | None,
         typer.Option(
-            help="MLflow model URI or checkpoint path; default: models:/EXPERIMENT@champion",
+            help="registry URI (models:/...) or checkpoint file; default: "
+            "models:/EXPERIMENT@champion",
             show_default=False,
         ),
     ] = None,
     top: Annotated[int, typer.Option(min=1, max=10, help="classes shown per image")] = 3,
     limit: Annotated[int, typer.Option(min=1, help="images shown per IDX file")] = 10,
     params_file: ParamsOption = PARAMS_FILE,
-    tracking_uri: TrackingUriOption = None,
-    root: RootOption = None,
 ) -> None:
     """Classify images and print the most likely classes with their probabilities."""
     from fashion_mlp.dataset import CLASS_NAMES
-    from fashion_mlp.params import load_params
     from fashion_mlp.predict import class_probabilities, load_model, read_images
-    from fashion_mlp.register import champion_uri
+    from fashion_mlp.tracking.registry import Registry, champion_uri
 
     batches = {path: read_images(path, limit) for path in paths}
-    target = _tracking_target(load_params(params_file), tracking_uri, root)
-    network = load_model(model or champion_uri(target.experiment), target)
+    store = _store(params_file, create_experiment=False)
+    network, answered = load_model(model or champion_uri(store.target.experiment), Registry(store))
+    typer.echo(f"model: {answered}")
     for path, images in batches.items():
         probabilities = class_probabilities(network, images)
         for index, row in enumerate(probabilities):
@@ -329,8 +385,6 @@ def sweep(
     params_file: ParamsOption = PARAMS_FILE,
     data_dir: Annotated[Path, typer.Option(help="preprocessed tensors")] = PROCESSED_DIR,
     out_dir: Annotated[Path, typer.Option(help="where the reports go")] = REPORTS_DIR / "sweep",
-    tracking_uri: TrackingUriOption = None,
-    root: RootOption = None,
     ray_address: Annotated[
         str | None,
         typer.Option(
@@ -343,11 +397,10 @@ def sweep(
 ) -> None:
     """Search hyperparameters on Ray Tune (params `sweep`), selecting on a validation split."""
     from fashion_mlp.params import load_params
-    from fashion_mlp.sweep import run_sweep
+    from fashion_mlp.sweep.run import run_sweep
 
-    params = load_params(params_file)
-    target = _tracking_target(params, tracking_uri, root)
-    ranked = run_sweep(params, data_dir, out_dir, target, ray_address, progress)
+    store = _store(params_file)
+    ranked = run_sweep(load_params(params_file), data_dir, out_dir, store, ray_address, progress)
     best = ranked[0]
     typer.echo(
         f"{len(ranked)} trials; best: trial {best.plan.index}, validation accuracy "
@@ -363,42 +416,35 @@ def team_setup(
         typer.Option("--user", help="a team member's account (repeat the option)"),
     ] = None,
     params_file: ParamsOption = PARAMS_FILE,
-    tracking_uri: TrackingUriOption = None,
 ) -> None:
     """Create the experiment and registered model on a team server, with EDIT for each user.
 
     Run as the server's admin (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD).
     """
-    from fashion_mlp.params import load_params
-    from fashion_mlp.team import set_up_team
+    from fashion_mlp.tracking.team import Team
 
-    target = _tracking_target(load_params(params_file), tracking_uri, None)
     users = users or []
-    done = set_up_team(target, users)
+    store = _store(params_file)
+    done = Team(store).set_up(users)
     typer.echo(
-        f"experiment {target.experiment!r} (id {done['experiment_id']}) and registered model "
-        f"{done['registered_model']!r}: EDIT for {', '.join(users) or 'nobody yet'}; "
-        f"open {done['url']}"
+        f"experiment {store.target.experiment!r} (id {done.experiment_id}) and registered model "
+        f"{done.registered_model!r}: EDIT for {', '.join(users) or 'nobody yet'}; "
+        f"open {done.url}"
     )
 
 
 @app.command("cleanup-runs")
 @friendly_errors
-def cleanup_runs(
-    params_file: ParamsOption = PARAMS_FILE,
-    tracking_uri: TrackingUriOption = None,
-    root: RootOption = None,
-) -> None:
-    """Close runs left RUNNING by a training whose process died (killed, crashed, powered off).
+def cleanup_runs(params_file: ParamsOption = PARAMS_FILE) -> None:
+    """Close runs left open by a process that died (killed, crashed, powered off).
 
-    Only runs started on this host are judged (by process id and start time); their status
-    becomes KILLED, tagged fashion_mlp.closed_by, and a model they left PENDING becomes FAILED.
+    Only runs started on this machine, since its last boot and in this PID namespace, are
+    judged (by process id and start time); their status becomes KILLED, tagged
+    fashion_mlp.closed_by, and a model they left PENDING becomes FAILED.
     """
-    from fashion_mlp.params import load_params
-    from fashion_mlp.tracking import close_orphaned_runs
+    from fashion_mlp.tracking.runs import Runs
 
-    target = _tracking_target(load_params(params_file), tracking_uri, root)
-    closed = close_orphaned_runs(target)
+    closed = Runs(_store(params_file, create_experiment=False)).close_orphans()
     typer.echo(f"closed {len(closed)} runs" + (f": {', '.join(closed)}" if closed else ""))
 
 
@@ -407,7 +453,7 @@ def cleanup_runs(
 def activations(
     out: Annotated[Path, typer.Option(help="the figure")] = REPORTS_DIR / "activations.png",
 ) -> None:
-    """Plot ReLU, sigmoid and tanh with their autograd derivatives."""
+    """Plot every activation in the registry with its autograd derivative."""
     from fashion_mlp.activations import plot_activations
 
     plot_activations(out)

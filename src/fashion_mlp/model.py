@@ -2,24 +2,33 @@
 
 `build_mlp` makes Flatten, then for each hidden width Linear (+ batch norm) + activation
 (+ dropout), then a Linear to the 10 classes, as in d2l's MLP chapter; weights ~ normal(0,
-init_std), biases zero. A checkpoint stores the state dict with the architecture, so `evaluate`
-rebuilds the network without `params.yaml`, and loads with `weights_only=True`, so a foreign
-pickle is never executed.
+init_std), biases zero.
+
+A checkpoint (`models/MODEL/model.safetensors`) is a safetensors file: the state dict, with the
+architecture in its metadata, so `evaluate` rebuilds the network without `params.yaml`. The
+format holds tensors and text only, so loading one never runs code, and its bytes are a function
+of the weights alone (torch.save's zip archive embeds the file's name and a random id): the same
+weights give the same file, and DVC's cache and run-cache see it as unchanged.
 """
 
+import json
 from itertools import pairwise
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from fashion_mlp.atomic import atomic_path
+from fashion_mlp.atomic import write_bytes_atomic
 from fashion_mlp.dataset import IN_FEATURES, NUM_CLASSES
 from fashion_mlp.errors import PipelineError
-from fashion_mlp.nonlinearities import ACTIVATIONS
+from fashion_mlp.nonlinearities import activation_layer
 from fashion_mlp.params import ModelSpec
 
 EVAL_BATCH_SIZE = 8192
+# The one metadata key of our checkpoints (safetensors stores metadata as a map of strings; one
+# key keeps the header's bytes in a fixed order).
+METADATA_KEY = "fashion_mlp"
+CHECKPOINT_FORMAT = 1
 
 
 def build_mlp(spec: ModelSpec, init_std: float, generator: torch.Generator) -> nn.Sequential:
@@ -33,7 +42,7 @@ def build_mlp(spec: ModelSpec, init_std: float, generator: torch.Generator) -> n
         if index < len(sizes) - 2:
             if spec.batch_norm:
                 layers.append(nn.BatchNorm1d(width_out))
-            layers.append(ACTIVATIONS[spec.activation]())
+            layers.append(activation_layer(spec.activation))
             if spec.dropout:
                 layers.append(nn.Dropout(spec.dropout))
     return nn.Sequential(*layers)
@@ -50,23 +59,57 @@ def predict_logits(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     return torch.cat([model(chunk) for chunk in inputs.split(EVAL_BATCH_SIZE)])
 
 
+def checkpoint_bytes(model: nn.Module, spec: ModelSpec) -> bytes:
+    """The checkpoint file's content: the same weights and architecture give the same bytes."""
+    from safetensors.torch import save
+
+    description = {"format": CHECKPOINT_FORMAT, "model_spec": spec.model_dump()}
+    state = {
+        name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()
+    }
+    return save(state, metadata={METADATA_KEY: json.dumps(description, sort_keys=True)})
+
+
 def save_checkpoint(model: nn.Module, spec: ModelSpec, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"model_spec": spec.model_dump(), "state_dict": model.state_dict()}, tmp)
+    write_bytes_atomic(Path(path), checkpoint_bytes(model, spec))
 
 
 def load_checkpoint(path: Path) -> tuple[nn.Sequential, ModelSpec]:
     """Rebuild the saved MLP. Anything that is not one of our checkpoints is a PipelineError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
     path = Path(path)
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        spec = ModelSpec.model_validate(saved["model_spec"])
-        model = build_mlp(spec, init_std=1.0, generator=torch.Generator())
-        model.load_state_dict(saved["state_dict"])
+        content = path.read_bytes()
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found; run `fashion-mlp train` first") from None
-    except Exception as err:  # unpickling refused, wrong keys, wrong shapes: all mean "not ours"
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise PipelineError(f"{path}: not a fashion-mlp checkpoint ({reason})") from None
+    except IsADirectoryError:
+        raise PipelineError(f"{path}: is a folder, expected a checkpoint file") from None
+    try:
+        description = json.loads(_metadata(content)[METADATA_KEY])
+        if description.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint format {description.get('format')!r}")
+        spec = ModelSpec.model_validate(description["model_spec"])
+        model = build_mlp(spec, init_std=1.0, generator=torch.Generator())
+        model.load_state_dict(load(content))
+    except (SafetensorError, KeyError, TypeError, ValueError, RuntimeError) as err:
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise PipelineError(f"{path}: not a fashion-mlp checkpoint ({reason}); retrain") from None
     model.eval()
     return model, spec
+
+
+def _metadata(content: bytes) -> dict[str, str]:
+    """The safetensors header's metadata (an 8-byte length, then a JSON header), read from the
+    bytes without loading a tensor."""
+    if len(content) < 8:
+        raise ValueError("too short for a safetensors file")
+    size = int.from_bytes(content[:8], "little")
+    if size > len(content) - 8:
+        raise ValueError("the header is longer than the file")
+    header = json.loads(content[8 : 8 + size])
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(metadata, dict):
+        raise ValueError("no metadata")
+    return metadata

@@ -1,15 +1,24 @@
-"""The activation registry: each name params.yaml accepts (`params.Activation`) and its layer.
+"""The activation registry: each name params.yaml accepts and the torch.nn layer it builds.
 
-`model.build_mlp` builds networks from it and the `activations` stage plots every entry, so a
-new activation is one line here (and its name in `params.Activation`; a test checks they agree).
+`params.ModelSpec` validates `activation` against this mapping and `model.build_mlp` builds from
+it; the `activations` stage plots every entry. A new activation is one line here. The layers are
+named, not imported, so that validating params (in torch-free stages) does not load torch.
 """
 
-from torch import nn
+from typing import Any
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "sigmoid": nn.Sigmoid,
-    "tanh": nn.Tanh,
-    "gelu": nn.GELU,
-    "elu": nn.ELU,
+# Name in params.yaml -> class in torch.nn.
+ACTIVATIONS = {
+    "relu": "ReLU",
+    "sigmoid": "Sigmoid",
+    "tanh": "Tanh",
+    "gelu": "GELU",
+    "elu": "ELU",
 }
+
+
+def activation_layer(name: str) -> Any:
+    """A fresh torch.nn layer for the activation `name` (a key of ACTIVATIONS)."""
+    from torch import nn
+
+    return getattr(nn, ACTIVATIONS[name])()

@@ -1,32 +1,48 @@
 """Typed, validated view of `params.yaml`: the one place that reads it.
 
-Each section is validated the first time a stage asks for it, before the stage does any work, so
-a stage needs (and DVC tracks) only the sections that `dvc.yaml` declares for it. A bad value
-stops the stage with one line naming the file, the key and the value, e.g.
+Each part is validated the first time a stage asks for it, before the stage does any work, so a
+stage needs only the keys it reads. A bad value stops the stage with one line naming the file,
+the key and the value, e.g.
 
     params.yaml: models.mlp2.lr = -0.1: Input should be greater than 0
 
 Every key is required: a default hidden in code would be a setting that DVC cannot see.
+
+The file is parsed the way DVC parses it (ruamel.yaml, YAML 1.2), so both read the same values:
+PyYAML's YAML 1.1 would read `epochs: 010` as 8 and `flip: yes` as true where DVC records 10 and
+"yes". `Params.reads` records every leaf key a stage took: tests/test_params_declared.py compares
+it with the params that dvc.yaml declares for the stage.
 """
 
 import difflib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from fashion_mlp.errors import PipelineError
+from fashion_mlp.nonlinearities import ACTIVATIONS
+from fashion_mlp.optimizers import OPTIMIZERS, SCHEDULES
 
-# Model names become folder, file, stage and MLflow run names and command-line arguments: no
+# Model names become folder, file, stage and MLflow names and command-line arguments: no
 # leading '-' (an option) or '.', no trailing newline (`\Z`, not `$`), short enough for a path.
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
-# The names nonlinearities.ACTIVATIONS builds (a test checks the two agree).
-Activation = Literal["relu", "sigmoid", "tanh", "gelu", "elu"]
 MD5 = re.compile(r"^[0-9a-f]{32}\Z")
+# The names each registry builds: a name params.yaml accepts always has code behind it.
+Activation = Literal[tuple(ACTIVATIONS)]  # type: ignore[valid-type]
+Optimizer = Literal[tuple(OPTIMIZERS)]  # type: ignore[valid-type]
+Schedule = Literal[tuple(SCHEDULES)]  # type: ignore[valid-type]
 # Bounds that keep every accepted value usable by torch and by the machine: an integer past
 # these fails deep inside torch (or allocates forever) instead of here, with a name.
 MAX_EPOCHS = 100_000
@@ -34,6 +50,12 @@ MAX_BATCH_SIZE = 1_000_000
 MAX_WIDTH = 65_536
 MAX_SEED = 2**63 - 1
 MAX_IMAGES_IN_SPLIT = 100_000
+# A params file is a page of settings. Bounds on its size and on the values its anchors and
+# aliases expand to keep a malformed or hostile file from costing minutes and gigabytes.
+MAX_FILE_BYTES = 1_000_000
+MAX_VALUES = 100_000
+# How much of an offending value an error line shows.
+SHOWN_CHARACTERS = 80
 
 
 class _Section(BaseModel):
@@ -62,22 +84,19 @@ def _finite(**bounds: float) -> Any:
 
 
 class TrainParams(_Section):
-    """How a model is trained. Every key is shared by all models unless an entry overrides it;
-    the options after `device` are off at their neutral values (0, false), where training is
-    bit-for-bit what it was before they existed."""
+    """How a model is trained. The options after `device` are off at their neutral values (0,
+    false), where training is bit-for-bit what it was before they existed."""
 
     epochs: int = Field(gt=0, le=MAX_EPOCHS)
     batch_size: int = Field(gt=0, le=MAX_BATCH_SIZE)
     lr: float = _finite(gt=0)
-    optimizer: Literal["sgd", "adam", "adamw"]
+    optimizer: Optimizer
     momentum: float = _finite(ge=0, lt=1)
     weight_decay: float = _finite(ge=0)
-    lr_schedule: Literal["constant", "cosine"]
+    lr_schedule: Schedule
     init_std: float = _finite(gt=0)
     seed: int = Field(ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"]
-    dropout: float = _finite(ge=0, lt=1)
-    batch_norm: bool
     warmup_epochs: int = Field(ge=0, le=MAX_EPOCHS)
     label_smoothing: float = _finite(ge=0, lt=1)
     ema_decay: float = _finite(ge=0, lt=1)
@@ -108,10 +127,20 @@ class ModelSpec(_Section):
         return " ".join([widths, *extras, *["batchnorm"] * self.batch_norm])
 
 
-class MlflowParams(_Section):
-    experiment: str = Field(min_length=1)
-    tracking_uri: str = Field(min_length=1)
-    champion: str = Field(pattern=MODEL_NAME.pattern)
+# A model entry names these; the `train` section may set the other architecture keys for every
+# model, and an entry may override any key of `train`.
+ENTRY_KEYS = frozenset({"hidden", "activation"})
+TRAIN_SECTION_KEYS = (*TrainParams.model_fields, *(set(ModelSpec.model_fields) - ENTRY_KEYS))
+
+
+# Where runs are recorded, not what is computed: no stage declares these in dvc.yaml, so changing
+# them reruns nothing, exactly as setting MLFLOW_TRACKING_URI does not (README "Tracking").
+RECORDING_KEYS = ("mlflow.experiment", "mlflow.tracking_uri")
+
+
+class TrackingSettings(_Section):
+    experiment: str = Field(min_length=1, max_length=256)
+    tracking_uri: str = Field(min_length=1, max_length=4096)
 
 
 class AshaParams(_Section):
@@ -122,25 +151,103 @@ class AshaParams(_Section):
     reduction_factor: float = _finite(gt=1)
 
 
+class Choice(_Section):
+    """Draw one of the values."""
+
+    choice: list[Any] = Field(min_length=1)
+
+
+class Grid(_Section):
+    """Every value, crossed with the other grid keys; each point gets `sweep.trials` draws."""
+
+    grid: list[Any] = Field(min_length=1)
+
+
+class _Range(_Section):
+    @property
+    def bounds(self) -> tuple[Any, Any]:
+        low, high = next(iter(self.model_dump().values()))
+        return low, high
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "_Range":
+        low, high = self.bounds
+        if not low < high:
+            raise ValueError(f"expected [low, high] with low < high, got [{low}, {high}]")
+        return self
+
+
+def _pair() -> Any:
+    return Field(min_length=2, max_length=2)
+
+
+class Uniform(_Range):
+    uniform: list[Annotated[float, Field(allow_inf_nan=False)]] = _pair()
+
+
+class LogUniform(_Range):
+    loguniform: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = _pair()
+
+
+class RandInt(_Range):
+    randint: list[int] = _pair()
+
+
+def _space_kind(value: Any) -> str | None:
+    """The one key of a search-space entry, e.g. 'choice' for {choice: [...]}."""
+    if isinstance(value, dict) and len(value) == 1:
+        return next(iter(value))
+    return None
+
+
+SpaceEntry = Annotated[
+    Annotated[Choice, Tag("choice")]
+    | Annotated[Grid, Tag("grid")]
+    | Annotated[Uniform, Tag("uniform")]
+    | Annotated[LogUniform, Tag("loguniform")]
+    | Annotated[RandInt, Tag("randint")],
+    Discriminator(
+        _space_kind,
+        custom_error_type="space_kind",
+        custom_error_message="expected one of choice, grid, uniform, loguniform, randint with "
+        "its values, e.g. {loguniform: [0.001, 0.1]}",
+    ),
+]
+# A `space` key whose values are whole mappings of keys to set together (an ablation's rows).
+VARIANT = "variant"
+
+
 class SweepParams(_Section):
-    """A hyperparameter search on Ray Tune (see sweep.py). `base` is a model entry (like those
+    """A hyperparameter search on Ray Tune (see sweep/). `base` is a model entry (like those
     under `models`) that every trial starts from; `space` draws the keys it varies."""
 
     name: str = Field(pattern=MODEL_NAME.pattern)
-    trials: int = Field(ge=1, le=10_000)
+    trials: int = Field(ge=1, le=1000)
     seed: int = Field(ge=0, le=MAX_SEED)
     validation_size: int = Field(ge=1, le=MAX_IMAGES_IN_SPLIT)
-    max_concurrent_trials: int = Field(ge=1, le=10_000)
+    max_concurrent_trials: int = Field(ge=1, le=1024)
     cpus_per_trial: int = Field(ge=1, le=1024)
     scheduler: AshaParams
     base: dict[str, Any]
-    space: dict[str, dict[str, list[Any]]]
+    space: dict[str, SpaceEntry] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _variants_are_mappings(self) -> "SweepParams":
+        variant = self.space.get(VARIANT)
+        values = getattr(variant, "choice", None) or getattr(variant, "grid", None) or []
+        if variant is not None and not (
+            isinstance(variant, Choice | Grid) and all(isinstance(v, dict) for v in values)
+        ):
+            raise ValueError(
+                f"space.{VARIANT}: expected choice or grid of mappings of keys to set together"
+            )
+        return self
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """What one model's training run uses: its architecture and its effective train params
-    (the `train` section with the model's own overrides applied)."""
+    """What one model's training uses: its architecture and its effective train params (the
+    `train` section with the model's own entry applied). `configure` writes one per model."""
 
     name: str
     model: ModelSpec
@@ -148,32 +255,68 @@ class RunConfig:
 
     def flat(self) -> dict[str, Any]:
         """Every effective param as one flat mapping, as MLflow records them."""
-        hidden = ",".join(str(width) for width in self.model.hidden)
-        architecture = {"hidden": hidden, "activation": self.model.activation}
-        return {"model": self.name, **architecture} | self.train.model_dump()
+        architecture = self.model.model_dump() | {"hidden": ",".join(map(str, self.model.hidden))}
+        return {"model": self.name, **architecture, **self.train.model_dump()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model": self.model.model_dump(),
+            "train": self.train.model_dump(),
+        }
 
 
 SECTIONS = ("data", "train", "models", "mlflow", "sweep")
-# A model entry must name these; every other key of an entry overrides the `train` section.
-ARCH_KEYS = frozenset({"hidden", "activation"})
+# The keys each section may hold (models' entries are checked when a model is configured).
+KNOWN_KEYS = {
+    "data": set(DataParams.model_fields),
+    "train": set(TRAIN_SECTION_KEYS),
+    "mlflow": {*TrackingSettings.model_fields, "champion"},
+    "sweep": set(SweepParams.model_fields),
+}
 
 
 class Params:
-    """Sections of one params file, each validated on first use."""
+    """The parts of one params file, each validated when a stage takes it. `reads` is every
+    leaf key taken so far, e.g. {'mlflow.champion'}."""
 
     def __init__(self, raw: dict[str, Any], source: Path):
         self.source = source
         self._raw = raw
-        unknown = sorted(set(raw) - set(SECTIONS))
+        self.reads: set[str] = set()
+        unknown = sorted(set(raw) - set(SECTIONS), key=str)
         if unknown:
             raise PipelineError(
-                f"{source}: unknown section {unknown[0]!r}; expected one of {', '.join(SECTIONS)}"
+                f"{source}: unknown section {_shown(unknown[0])}; expected one of "
+                f"{', '.join(SECTIONS)}"
             )
+        for section, known in KNOWN_KEYS.items():
+            values = raw.get(section)
+            for key in sorted(set(values) - known, key=str) if isinstance(values, dict) else []:
+                raise PipelineError(self._unknown_key(section, key, values[key]))
 
-    def _section(self, key: str) -> Any:
-        if key not in self._raw:
-            raise PipelineError(f"{self.source}: missing section {key!r}")
-        return self._raw[key]
+    def _unknown_key(self, where: str, key: Any, value: Any) -> str:
+        """A key no stage reads: named with a close match, checked in every stage (a typo in a
+        section one stage reads must not pass in the others)."""
+        known = sorted(KNOWN_KEYS.get(where, set(TRAIN_SECTION_KEYS) | ENTRY_KEYS))
+        guess = difflib.get_close_matches(str(key), known, n=1)
+        hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+        return f"{self.source}: {where}.{key} = {_shown(value)}: unknown key{hint}"
+
+    def _take(self, *path: str) -> Any:
+        """The raw value at `path`, recording each leaf under it as read."""
+        value: Any = self._raw
+        for depth, part in enumerate(path):
+            if not isinstance(value, dict):
+                where = ".".join(path[:depth])
+                raise PipelineError(f"{self.source}: {where} = {_shown(value)}: expected a mapping")
+            if part not in value:
+                where = ".".join(path[: depth + 1])
+                what = "section" if depth == 0 else "key"
+                raise PipelineError(f"{self.source}: missing {what} {where!r}")
+            value = value[part]
+        self.reads |= set(_leaves(".".join(path), value))
+        return value
 
     def _validate(self, schema: type[BaseModel], value: Any, where: str) -> Any:
         try:
@@ -181,33 +324,41 @@ class Params:
         except ValidationError as err:
             raise PipelineError(_one_line(err, self.source, where)) from None
 
-    @cached_property
+    @property
     def data(self) -> DataParams:
-        return self._validate(DataParams, self._section("data"), "data")
+        return self._validate(DataParams, self._take("data"), "data")
 
-    @cached_property
-    def train(self) -> TrainParams:
-        return self._validate(TrainParams, self._section("train"), "train")
+    @property
+    def tracking(self) -> TrackingSettings:
+        """Where runs are recorded (mlflow.experiment, mlflow.tracking_uri)."""
+        settings = {key: self._take("mlflow", key) for key in TrackingSettings.model_fields}
+        return self._validate(TrackingSettings, settings, "mlflow")
 
-    @cached_property
-    def mlflow(self) -> MlflowParams:
-        return self._validate(MlflowParams, self._section("mlflow"), "mlflow")
+    @property
+    def champion(self) -> str:
+        """mlflow.champion: the model the registry's `champion` alias points at."""
+        name = self._take("mlflow", "champion")
+        if not isinstance(name, str) or not MODEL_NAME.match(name):
+            raise PipelineError(
+                f"{self.source}: mlflow.champion = {_shown(name)}: expected a model name"
+            )
+        return name
 
-    @cached_property
+    @property
     def sweep(self) -> SweepParams:
-        return self._validate(SweepParams, self._section("sweep"), "sweep")
+        return self._validate(SweepParams, self._take("sweep"), "sweep")
 
-    @cached_property
+    @property
     def model_names(self) -> list[str]:
-        models = self._section("models")
+        models = self._raw.get("models")
         if not isinstance(models, dict) or not models:
             raise PipelineError(f"{self.source}: models must map model names to architectures")
         for name in models:
             if not isinstance(name, str) or not MODEL_NAME.match(name):
                 raise PipelineError(
-                    f"{self.source}: models.{name!r}: a model name is 1 to 64 letters, digits, "
-                    "'_' and '-', starting with a letter or digit (it becomes a folder, a file, "
-                    "a stage and a command-line argument)"
+                    f"{self.source}: models.{_shown(name)}: a model name is 1 to 64 letters, "
+                    "digits, '_' and '-', starting with a letter or digit (it becomes a folder, "
+                    "a file, a stage and a command-line argument)"
                 )
         return list(models)
 
@@ -215,62 +366,76 @@ class Params:
         """The validated config of model `name`; unknown names are refused, listing the known."""
         if name not in self.model_names:
             raise PipelineError(
-                f"{self.source}: no model {name!r} under models; "
+                f"{self.source}: no model {_shown(name)} under models; "
                 f"known: {', '.join(self.model_names)}"
             )
-        return self.entry_config(name, self._raw["models"][name], f"models.{name}")
-
-    def entry_config(self, name: str, entry: Any, where: str) -> RunConfig:
-        """A model entry (hidden, activation, any `train` key) merged onto the `train` section
-        and validated; errors name `where` the offending key is written."""
-        if not isinstance(entry, dict):
-            raise PipelineError(f"{self.source}: {where} = {entry!r}: expected a mapping")
-        arch = {key: value for key, value in entry.items() if key in ARCH_KEYS}
-        overrides = {key: value for key, value in entry.items() if key not in ARCH_KEYS}
-        train_raw = self._section("train")
-        if not isinstance(train_raw, dict):
-            raise PipelineError(f"{self.source}: train = {train_raw!r}: expected a mapping")
-        try:
-            train = TrainParams.model_validate(train_raw | overrides)
-        except ValidationError as err:
-            # Name the key where it is written: the model's override, or the shared section.
-            loc = err.errors()[0]["loc"]
-            # A rule across keys (no loc) involves the entry whenever it overrides any key.
-            in_entry = loc[0] in overrides if loc else bool(overrides)
-            written_in = where if in_entry else "train"
-            raise PipelineError(_one_line(err, self.source, written_in)) from None
-        shared = {key: getattr(train, key) for key in ModelSpec.model_fields if key not in arch}
-        model = self._validate(ModelSpec, arch | shared, where)
-        return RunConfig(name=name, model=model, train=train)
+        return self.entry_config(name, self._take("models", name), f"models.{name}")
 
     def run_configs(self) -> list[RunConfig]:
         return [self.run_config(name) for name in self.model_names]
 
+    def entry_config(self, name: str, entry: Any, where: str) -> RunConfig:
+        """A model entry (hidden, activation, any `train` key) applied to the `train` section
+        and validated; errors name `where` the offending key is written. Only the `train` keys
+        that the entry does not override count as read."""
+        if not isinstance(entry, dict):
+            raise PipelineError(f"{self.source}: {where} = {_shown(entry)}: expected a mapping")
+        shared = self._raw.get("train")
+        if not isinstance(shared, dict):
+            raise PipelineError(f"{self.source}: train = {_shown(shared)}: expected a mapping")
+        inherited = {key: self._take("train", key) for key in shared if key not in entry}
+        merged = inherited | entry
+        unknown = sorted(set(entry) - set(TRAIN_SECTION_KEYS) - ENTRY_KEYS, key=str)
+        if unknown:
+            raise PipelineError(self._unknown_key(where, unknown[0], entry[unknown[0]]))
+        architecture = {k: v for k, v in merged.items() if k in ModelSpec.model_fields}
+        training = {k: v for k, v in merged.items() if k in TrainParams.model_fields}
+        model = self._validate_merged(ModelSpec, architecture, entry, where)
+        train = self._validate_merged(TrainParams, training, entry, where)
+        return RunConfig(name=name, model=model, train=train)
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML that refuses a key written twice in one mapping. Plain YAML keeps the last value
-    silently (DVC refuses such a file), so `lr: 0.1` ... `lr: 50.0` would train with 50."""
+    def _validate_merged(
+        self, schema: type[BaseModel], values: dict[str, Any], entry: dict, where: str
+    ) -> Any:
+        try:
+            return schema.model_validate(values)
+        except ValidationError as err:
+            # Name the key where it is written (or must be): the model's entry, or `train`.
+            loc = err.errors()[0]["loc"]
+            if loc:
+                in_entry = loc[0] in entry or loc[0] in ENTRY_KEYS
+            else:  # a rule across keys involves the entry whenever it sets one of them
+                in_entry = bool(set(entry) & set(values))
+            raise PipelineError(
+                _one_line(err, self.source, where if in_entry else "train")
+            ) from None
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None,
-                    None,
-                    f"key {key!r} appears twice (lines {seen[key]} and {line}); keep one",
-                )
-            seen[key] = line
-        return super().construct_mapping(node, deep=deep)
+
+def _leaves(prefix: str, value: Any) -> Iterator[str]:
+    """Dotted keys of the values under `prefix`, as DVC names params (a list is one value)."""
+    if isinstance(value, dict) and value:
+        for key, inner in value.items():
+            yield from _leaves(f"{prefix}.{key}", inner)
+    else:
+        yield prefix
 
 
 def load_params(path: Path) -> Params:
-    """Read `path` (YAML). A missing or unparsable file is a PipelineError naming it."""
+    """Read `path` as DVC does (YAML 1.2). A missing, unparsable, oversized or explosive file is
+    a PipelineError naming it."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.constructor import DuplicateKeyError
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
     path = Path(path)
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        with path.open("rb") as stream:
+            content = stream.read(MAX_FILE_BYTES + 1)
+        if len(content) > MAX_FILE_BYTES:
+            raise PipelineError(
+                f"{path}: larger than {MAX_FILE_BYTES:,} bytes; a params file is a page of settings"
+            )
+        raw = YAML(typ="safe", pure=True).load(content.decode("utf-8"))
     except FileNotFoundError:
         raise PipelineError(f"{path}: params file not found") from None
     except IsADirectoryError:
@@ -279,31 +444,87 @@ def load_params(path: Path) -> Params:
         raise PipelineError(
             f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8"
         ) from None
-    except yaml.YAMLError as err:
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark and "appears twice" not in problem else ""
+    except DuplicateKeyError as err:
+        # Plain YAML would keep the last value silently: `lr: 0.1` ... `lr: 50.0` trains at 50.
+        key = re.search(r'duplicate key "(.*?)"', str(err.problem))
+        name = repr(key.group(1)) if key else "a key"
+        second = err.problem_mark.line + 1
+        lines = content.decode("utf-8").splitlines()
+        written = " " * err.problem_mark.column + (key.group(1) if key else "") + ":"
+        first = next(
+            (
+                n + 1
+                for n in range(err.context_mark.line, second - 1)
+                if lines[n].startswith(written)
+            ),
+            err.context_mark.line + 1,
+        )
+        raise PipelineError(
+            f"{path}: not valid YAML (key {name[:SHOWN_CHARACTERS]} appears twice (lines "
+            f"{first} and {second}); keep one)"
+        ) from None
+    except MarkedYAMLError as err:
+        problem = " ".join(str(err.problem or err.context or "").split())[:200]
+        mark = err.problem_mark or err.context_mark
+        where = f" at line {mark.line + 1}" if mark else ""
         raise PipelineError(f"{path}: not valid YAML ({problem}{where})") from None
+    except (YAMLError, TypeError, ValueError, RecursionError) as err:
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise PipelineError(f"{path}: not valid YAML ({reason})") from None
     if not isinstance(raw, dict):
         raise PipelineError(f"{path}: expected a mapping of sections ({', '.join(SECTIONS)})")
+    _refuse_explosion(path, raw)
     return Params(raw, path)
+
+
+def _refuse_explosion(path: Path, raw: Any) -> None:
+    """Count the values the parsed file expands to, stopping at MAX_VALUES: YAML aliases share
+    one object, so a few lines of anchors can stand for billions of values."""
+    count, todo = 0, [raw]
+    while todo:
+        value = todo.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise PipelineError(
+                f"{path}: expands to more than {MAX_VALUES:,} values (YAML anchors and aliases?); "
+                "write the settings out"
+            )
+        if isinstance(value, dict):
+            for key in value:
+                if not isinstance(key, str | int | float | bool) or key is None:
+                    raise PipelineError(
+                        f"{path}: a mapping key is {_shown(key)}; keys must be plain names"
+                    )
+            todo.extend(value.values())
+        elif isinstance(value, list):
+            todo.extend(value)
+
+
+def _shown(value: Any) -> str:
+    """repr(value), cut to SHOWN_CHARACTERS: an error line stays one short line."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARACTERS else text[: SHOWN_CHARACTERS - 3] + "..."
 
 
 def _one_line(err: ValidationError, source: Path, where: str) -> str:
     errors = err.errors()
     # A typo'd key is both unknown and leaves the real key missing: name the typo.
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    key = ".".join([where, *(str(part) for part in first["loc"])])
+    # A tagged union (the sweep's space) repeats its tag in the location: say it once.
+    parts = [str(part) for part in first["loc"]]
+    parts = [part for index, part in enumerate(parts) if index == 0 or part != parts[index - 1]]
+    key = ".".join([where, *parts])
+    message_text = first["msg"].removeprefix("Value error, ")
     if not first["loc"]:  # a rule across keys, e.g. warmup_epochs <= epochs
-        message = f"{source}: {key}: {first['msg'].removeprefix('Value error, ')}"
+        message = f"{source}: {key}: {message_text}"
     elif first["type"] == "missing":
         message = f"{source}: {key}: missing (every key is required)"
     elif first["type"] == "extra_forbidden":
-        known = [*TrainParams.model_fields, *ModelSpec.model_fields]
+        known = [*TRAIN_SECTION_KEYS, *ENTRY_KEYS]
         guess = difflib.get_close_matches(str(first["loc"][-1]), known, n=1)
         hint = f" (did you mean {guess[0]!r}?)" if guess else ""
-        message = f"{source}: {key} = {first['input']!r}: unknown key{hint}"
+        message = f"{source}: {key} = {_shown(first['input'])}: unknown key{hint}"
     else:
-        message = f"{source}: {key} = {first['input']!r}: {first['msg']}"
+        message = f"{source}: {key} = {_shown(first['input'])}: {message_text}"
     more = len(errors) - 1
     return message + (f" (and {more} more)" if more else "")

@@ -5,16 +5,14 @@ background) or IDX image files (gzip or plain, like `data/raw/t10k-images-idx3-u
 the images shown are decompressed). The model is any MLflow model URI (default: the registered
 `champion`) or a local checkpoint such as `models/mlp1/model.pt`.
 
-A logged model is loaded only if it is in MLflow's `pt2` format (a torch.export graph) with no
-code of its own: a model in the `pickle` format would run whatever its author pickled the moment
-it is loaded, and a tracking server is not a place to trust. It is downloaded, inspected, then
+A logged model is loaded only if it is exactly what our `train` logs (tracking/registry.py: the
+pt2 format, no code, the files recorded when it was logged): it is downloaded, checked, then
 loaded from that same local copy, with MLflow's pickle loading switched off as a second guard.
+The first line printed names the model that answered.
 
     fashion-mlp predict shirt.png data/raw/t10k-images-idx3-ubyte.gz --limit 5
 """
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -22,10 +20,7 @@ import torch
 from fashion_mlp.errors import PipelineError
 from fashion_mlp.model import as_inputs
 from fashion_mlp.preprocess import read_idx_images
-from fashion_mlp.tracking import TrackingTarget, connect, store_error
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-SAFE_MODEL_FILES = {"model.pt2"}
+from fashion_mlp.tracking.registry import Registry, load_checked_model
 
 
 def read_png(path: Path) -> torch.Tensor:
@@ -71,60 +66,22 @@ def read_images(path: Path, limit: int | None = None) -> torch.Tensor:
     return read_idx_images(path, limit)
 
 
-def load_model(model: str, target: TrackingTarget) -> torch.nn.Module:
-    """A local checkpoint path, or any MLflow model URI (models:/…, runs:/…) of a safe model."""
-    if Path(model).is_file():
+def load_model(model: str, registry: Registry) -> tuple[torch.nn.Module, str]:
+    """A local checkpoint path, or a registry URI of a model our `train` logged; the model and
+    a line saying which one it is."""
+    if not model.startswith("models:/"):
         from fashion_mlp.model import load_checkpoint
 
-        return load_checkpoint(Path(model))[0]
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    connect(target)
-    # A second guard: MLflow's own pickle loading off, whatever our inspection says.
-    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
-    # The printed predictions are the output; a download progress bar would interleave with it.
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    with tempfile.TemporaryDirectory(prefix="fashion-mlp-model-") as folder:
-        try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=folder)
-        except MlflowException as err:
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise PipelineError(
-                f"cannot load model {model} from {target.uri} ({reason}); "
-                "run `dvc repro` to train and register one, or pass --model models/mlp1/model.pt"
-            ) from None
-        except OSError as err:
-            raise store_error(target, err) from None
-        refuse_unsafe_model(model, Path(local))
-        try:
-            # MLflow 3 logs a torch.export graph, already in inference mode (it has no .eval()).
-            return mlflow.pytorch.load_model(local, map_location="cpu")
-        except Exception as err:
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise PipelineError(f"cannot load model {model} ({reason})") from None
-
-
-def refuse_unsafe_model(model: str, local: Path) -> None:
-    """PipelineError unless `local` is a PyTorch model in the pt2 format with no code paths."""
-    import yaml
-
-    try:
-        flavors = yaml.safe_load((local / "MLmodel").read_text(encoding="utf-8"))["flavors"]
-        pytorch = flavors["pytorch"]
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
-        raise PipelineError(
-            f"refusing model {model}: not an MLflow PyTorch model (no pytorch flavor in MLmodel)"
-        ) from None
-    data = local / str(pytorch.get("model_data", "data"))
-    files = {path.name for path in data.iterdir()} if data.is_dir() else set()
-    if files != SAFE_MODEL_FILES or pytorch.get("code"):
-        found = ", ".join(sorted(files)) or "nothing"
-        raise PipelineError(
-            f"refusing model {model}: it is not in MLflow's safe pt2 format (its data holds "
-            f"{found}{' and code' if pytorch.get('code') else ''}); loading it could run code "
-            "from whoever logged it. Log models with serialization_format='pt2'"
-        )
+        network, spec = load_checkpoint(Path(model))
+        return network, f"checkpoint {model} ({spec.describe()})"
+    with registry.fetch(model) as (folder, about):
+        network = load_checked_model(folder)
+    version = f" version {about['version']}" if about["version"] else ""
+    answered = (
+        f"{about['registered_model'] or 'model'}{version}: {about['model']} "
+        f"(run {about['run_id']}, logged model {about['model_id']})"
+    )
+    return network, answered
 
 
 @torch.inference_mode()

@@ -1,9 +1,12 @@
 """The processed data set: one file per split, written by `preprocess`, read by every trainer.
 
-`data/processed/{train,test}.pt` each hold `images` (uint8, N x 28 x 28, raw pixels 0-255) and
-`labels` (int64, N, in 0-9). Loading checks all of it, so a file that is not ours (float images
-already scaled to [0, 1] would silently train to chance accuracy, labels out of range would fail
-deep inside the loss) stops a stage at once with one line naming the file and what is wrong.
+`data/processed/{train,test}.safetensors` each hold `images` (uint8, N x 28 x 28, raw pixels
+0-255) and `labels` (int64, N, in 0-9). safetensors holds tensors only (loading runs no code) and
+its bytes depend on the tensors alone, so the same data gives the same file on every machine:
+DVC then sees an unchanged `data/processed`, and the MLflow dataset digest stays the same.
+Loading checks all of it, so a file that is not ours (float images already scaled to [0, 1]
+would silently train to chance accuracy, labels out of range would fail deep inside the loss)
+stops a stage at once with one line naming the file and what is wrong.
 
 `carve_validation` splits a seeded validation set off the training images: the sweep and the
 preset search select on it and never see the test split.
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from fashion_mlp.atomic import atomic_path
+from fashion_mlp.atomic import write_bytes_atomic
 from fashion_mlp.dataset import IMAGE_SHAPE, MAX_IMAGES, NUM_CLASSES
 from fashion_mlp.errors import PipelineError
 
@@ -36,30 +39,37 @@ class Split:
 
 
 def split_path(processed_dir: Path, split: str) -> Path:
-    return Path(processed_dir) / f"{split}.pt"
+    return Path(processed_dir) / f"{split}.safetensors"
+
+
+def split_bytes(data: Split) -> bytes:
+    from safetensors.torch import save
+
+    return save({"images": data.images.contiguous(), "labels": data.labels.contiguous()})
 
 
 def save_split(data: Split, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"images": data.images, "labels": data.labels}, tmp)
+    write_bytes_atomic(path, split_bytes(data))
 
 
 def load_split(processed_dir: Path, split: str) -> Split:
     """Load and check one split; anything but what `preprocess` writes is a PipelineError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
     path = split_path(processed_dir, split)
     try:
-        saved = torch.load(path, weights_only=True)
+        saved = load(path.read_bytes())
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found; run `fashion-mlp preprocess` first") from None
     except IsADirectoryError:
         raise PipelineError(f"{path}: is a folder, expected a tensor file; {RERUN_HINT}") from None
-    except Exception as err:  # refused pickle, truncated zip, not a torch file at all
-        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+    except (SafetensorError, ValueError, RuntimeError) as err:  # truncated, not safetensors
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
         raise PipelineError(f"{path}: not a processed split ({reason}); {RERUN_HINT}") from None
-    if not isinstance(saved, dict) or set(saved) != {"images", "labels"}:
-        keys = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
+    if set(saved) != {"images", "labels"}:
         raise PipelineError(
-            f"{path}: expected a dict of images and labels, got {keys}; {RERUN_HINT}"
+            f"{path}: expected tensors images and labels, got {sorted(saved)}; {RERUN_HINT}"
         )
     images, labels = saved["images"], saved["labels"]
     check_split(path, images, labels)

@@ -1,38 +1,71 @@
-"""How many threads a training uses, and numerics that give the same weights whatever that is.
+"""How many threads a training uses: a fair share of the cores among the running trainings.
 
 Two torch processes that each start one thread per core thrash on a small machine (measured on
 2 cores: two trainings at once took 1.9x as long as one after the other; OpenMP threads spin
-waiting for cores that the other process holds). The policy:
+waiting for cores that the other process holds). numerics.py makes the weights independent of
+the thread count, so the count is a speed setting only: it needs no params key, and DVC's
+run-cache rightly ignores it. The policy:
 
-1. **Numerics do not depend on the thread count** (`numerics.py`). Intel MKL's strict
-   conditional numerical reproducibility (`MKL_CBWR=AUTO,STRICT`) makes its matrix products
-   bit-identical for any number of threads, on a given instruction set. With it, the
-   same params give the same weights run alone, in a `dvc queue start -j N` queue or as a Ray
-   trial (tests/test_threads.py trains with 1 and 2 threads and compares the weights bit for
-   bit). The thread count is then a speed setting only, so it needs no params key and DVC's
-   run-cache rightly ignores it.
-2. **Trainings share the cores fairly.** Each training registers in a machine-wide folder
-   (`CoreShare`: one file per training, held under an exclusive `flock`, so a killed process's
-   entry vanishes with it) and uses `threads_for(cores, trainings)` threads, rechecked twice a
-   second, so trainings that start or finish rebalance the others at once.
-3. **Granted CPUs win.** `FASHION_MLP_THREADS=N` fixes N threads; a Ray trial uses the CPUs
+1. **Trainings share the cores fairly.** Each training registers in a folder shared by all of
+   the user's trainings on this machine, whatever project they belong to (`CoreShare`: one
+   file per training, held under an exclusive `flock`, so a killed process's entry vanishes
+   with it) and uses `threads_for(cores, trainings)` threads, rechecked twice a second, so
+   trainings that start or finish rebalance the others at once.
+2. **Granted CPUs win.** `FASHION_MLP_THREADS=N` fixes N threads; a Ray trial uses the CPUs
    Ray granted it (`sweep.cpus_per_trial`).
+
+The folder is `$XDG_RUNTIME_DIR/fashion-mlp/trainings` (private to the user by construction),
+else `$TMPDIR/fashion-mlp-UID/trainings`, or `FASHION_MLP_CORE_REGISTRY`. It must belong to the
+user and be writable by nobody else: another user who could write there could freeze every
+training (a FIFO among the entries) or steal its cores. Entries that are not plain files are
+skipped, never opened for reading.
 """
 
 import fcntl
 import os
+import stat
 import tempfile
 import time
 import uuid
 from pathlib import Path
 from types import TracebackType
 
+from fashion_mlp.errors import PipelineError
+
 RECHECK_SECONDS = 0.5
+REGISTRY_VARIABLE = "FASHION_MLP_CORE_REGISTRY"
 
 
 def default_registry() -> Path:
     """One folder per user and machine: every training of that user registers here."""
+    if os.environ.get(REGISTRY_VARIABLE):
+        return Path(os.environ[REGISTRY_VARIABLE])
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and Path(runtime).is_dir():
+        return Path(runtime) / "fashion-mlp" / "trainings"
     return Path(tempfile.gettempdir()) / f"fashion-mlp-{os.getuid()}" / "trainings"
+
+
+def private_folder(folder: Path) -> Path:
+    """Create `folder` (and a missing parent) for this user only, or check that it is: owned by
+    this user, writable by nobody else. PipelineError naming it otherwise."""
+    for path in (folder.parent, folder):
+        try:
+            path.mkdir(mode=0o700, exist_ok=True)
+        except FileNotFoundError:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = path.lstat()
+        if (
+            not stat.S_ISDIR(info.st_mode)
+            or info.st_uid != os.getuid()
+            or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        ):
+            raise PipelineError(
+                f"{path}: the training core registry must be a folder of yours that nobody else "
+                f"can write (owner uid {info.st_uid}, mode {stat.filemode(info.st_mode)}); "
+                f"remove it, or set {REGISTRY_VARIABLE} to a private folder"
+            )
+    return folder
 
 
 def available_cores() -> int:
@@ -83,7 +116,7 @@ class CoreShare:
             os.close(self._handle)  # releases the lock
 
     def _register(self) -> None:
-        self.registry.mkdir(parents=True, exist_ok=True)
+        private_folder(self.registry)
         # Lock under a hidden name first, then rename: others never see an unlocked entry.
         pending = self.registry / f".{os.getpid()}-{uuid.uuid4().hex}"
         self._handle = os.open(pending, os.O_CREAT | os.O_RDWR, 0o600)
@@ -96,10 +129,13 @@ class CoreShare:
         live = 0
         for entry in self.registry.glob("*.training"):
             try:
-                handle = os.open(entry, os.O_RDONLY)
-            except FileNotFoundError:
-                continue  # finished while we looked
+                # O_NONBLOCK: a FIFO planted here must not block us on open.
+                handle = os.open(entry, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+            except (FileNotFoundError, OSError):
+                continue  # finished while we looked, or not a file of ours
             try:
+                if not stat.S_ISREG(os.fstat(handle).st_mode):
+                    continue
                 fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
                 live += 1

@@ -1,51 +1,49 @@
 """Stage `train MODEL`: fit one MLP, track it in MLflow, save it for `evaluate`.
 
-Reads `data/processed/{train,test}.pt` and params `train`, `models.MODEL`, `mlflow`. Writes to
-`models/MODEL/`: `model.pt` (state dict + architecture), `history.csv` (one row per epoch, the
-DVC plot), `run.json` (the MLflow run that `evaluate` logs into). The MLflow run is named after
-the model; it holds every effective param, the per-epoch metrics (step = epoch), the data it used
-(as dataset inputs, with DVC's digests) and the logged model.
+Reads `configs/MODEL.json` (the model's effective params, written by `configure`) and
+`data/processed/{train,test}.safetensors`. Writes to `models/MODEL/`: `model.safetensors` (the
+weights with the architecture) and `history.csv` (one row per epoch: the DVC plot). Both are
+functions of the inputs only, and both are replaced together, after the MLflow run ended
+FINISHED, or not at all. The MLflow run is named after the model; it holds every effective
+param, the per-epoch metrics (step = epoch, wall-clock seconds included), the data it used (as
+dataset inputs, with DVC's digests), the machine's numerics, system metrics and the model, a
+LoggedModel named after it.
 
-    fashion-mlp train mlp1 --data-dir data/processed --out-dir models/mlp1
+    fashion-mlp train mlp1 --config configs/mlp1.json --data-dir data/processed \
+        --out-dir models/mlp1
 
 `fit` is the pure core (no files, no MLflow, no terminal); `train_model` does the I/O around it.
 """
 
-import copy
+import hashlib
 import math
 import time
 from collections.abc import Callable, Mapping
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fashion_mlp import tracking
-from fashion_mlp.artifacts import (
-    HISTORY_FILE,
-    METRIC_KEYS,
-    MODEL_FILE,
-    EpochMetrics,
-    RunInfo,
-    write_history,
-    write_run_info,
-)
+from fashion_mlp.artifacts import HISTORY_FILE, HISTORY_KEYS, MODEL_FILE, EpochMetrics, history_csv
+from fashion_mlp.atomic import atomic_paths
 from fashion_mlp.augment import augment
 from fashion_mlp.dataset import NUM_CLASSES
 from fashion_mlp.errors import PipelineError
-from fashion_mlp.model import as_inputs, build_mlp, predict_logits, save_checkpoint
-from fashion_mlp.numerics import reproducible_numerics
+from fashion_mlp.model import as_inputs, build_mlp, checkpoint_bytes, predict_logits
+from fashion_mlp.numerics import cpu_description, reproducible_numerics
+from fashion_mlp.optimizers import make_optimizer, make_rate_schedule
 from fashion_mlp.params import ModelSpec, RunConfig, TrainParams
-from fashion_mlp.splits import Split, dvc_digests, load_split, split_path
+from fashion_mlp.splits import Split, load_split
 from fashion_mlp.threads import CoreShare
-from fashion_mlp.tracking import DatasetRecord, TrackingTarget
+from fashion_mlp.tracking.datasets import dataset_records
+from fashion_mlp.tracking.runs import NullRuns, Runs
 
 # Cross-entropy of a uniform guess is ln(10) = 2.30. An epoch's mean loss 100 times that is
 # divergence, not learning (lr 1000 gives 1e10 in epoch 1, then dead ReLUs and chance accuracy
 # without ever reaching NaN), so it stops the run like a NaN does.
 DIVERGED_LOSS = 100 * math.log(NUM_CLASSES)
+TRAIN_STAGE = "train"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -69,68 +67,16 @@ def seeded_model(spec: ModelSpec, params: TrainParams) -> tuple[nn.Sequential, t
     return build_mlp(spec, params.init_std, generator), generator
 
 
-def make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
-    if params.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    if params.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    return torch.optim.SGD(
-        model.parameters(),
-        lr=params.lr,
-        momentum=params.momentum,
-        weight_decay=params.weight_decay,
-    )
+def weight_average(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of the weights and batch-norm statistics, updated after
+    every step; evaluation and the saved model use it. None when `decay` is 0.
 
+    torch's AveragedModel starts the average from the weights after the first step."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-def make_schedule(
-    optimizer: torch.optim.Optimizer, params: TrainParams
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """Per-epoch learning-rate schedule; cosine decays lr to zero over the epochs after warm-up."""
-    if params.lr_schedule == "cosine":
-        decay_epochs = max(1, params.epochs - params.warmup_epochs)
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=decay_epochs)
-    return None
-
-
-class WarmUp:
-    """Linear learning-rate warm-up over the first `epochs`, step by step: the scheduled rate
-    times (steps so far / warm-up steps). With 0 epochs it never touches the optimizer."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int):
-        self.optimizer = optimizer
-        self.total = epochs * steps_per_epoch
-        self.done = 0
-        self.base = [group["lr"] for group in optimizer.param_groups]
-
-    @property
-    def active(self) -> bool:
-        return self.done < self.total
-
-    def before_step(self) -> None:
-        self.done += 1
-        for group, base in zip(self.optimizer.param_groups, self.base, strict=True):
-            group["lr"] = base * self.done / self.total
-
-
-class WeightAverage:
-    """An exponential moving average of the weights (and batch-norm statistics), updated after
-    every optimizer step; evaluation and the saved model use it. Off when `decay` is 0."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
-        self.model = copy.deepcopy(model).eval() if decay else None
-        if self.model is not None:
-            self._averaged = [t for t in self.model.state_dict().values() if t.is_floating_point()]
-            self._live = [t for t in model.state_dict().values() if t.is_floating_point()]
-
-    @torch.no_grad()
-    def update(self) -> None:
-        if self.model is not None:
-            torch._foreach_lerp_(self._averaged, self._live, 1.0 - self.decay)
-
-    def pick(self, model: nn.Module) -> nn.Module:
-        """The model to evaluate and keep: the average if there is one."""
-        return self.model if self.model is not None else model
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def train_one_epoch(
@@ -138,13 +84,13 @@ def train_one_epoch(
     inputs: torch.Tensor,
     labels: torch.Tensor,
     optimizer: torch.optim.Optimizer,
+    rates: torch.optim.lr_scheduler.LRScheduler | None,
     params: TrainParams,
     generator: torch.Generator,
-    warm_up: WarmUp | None = None,
-    average: WeightAverage | None = None,
+    average: torch.optim.swa_utils.AveragedModel | None = None,
     on_batch_end: Callable[[], None] | None = None,
-) -> tuple[float, float]:
-    """One pass over shuffled mini-batches; returns (mean loss, accuracy) over the pass.
+) -> tuple[float, float, float]:
+    """One pass over shuffled mini-batches; returns (mean loss, accuracy, last learning rate).
 
     The shuffle (and any augmentation) is drawn on the CPU from `generator`, so the batches are
     the same on every device. Each batch is gathered into one reused pair of buffers:
@@ -159,6 +105,7 @@ def train_one_epoch(
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     augmenting = params.augment_shift > 0 or params.augment_flip
+    rate = optimizer.param_groups[0]["lr"]
     for indices in order.split(batch_size):
         x = torch.index_select(inputs, 0, indices, out=batch_inputs[: len(indices)])
         y = torch.index_select(labels, 0, indices, out=batch_labels[: len(indices)])
@@ -171,26 +118,22 @@ def train_one_epoch(
             loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if warm_up is not None and warm_up.active:
-            warm_up.before_step()
+        rate = optimizer.param_groups[0]["lr"]
         optimizer.step()
+        if rates is not None:
+            rates.step()
         if average is not None:
-            average.update()
+            average.update_parameters(model)
         # Accumulate as tensors: no per-batch .item() round trip (a GPU sync).
         loss_sum += loss.detach() * len(indices)
         correct += (logits.detach().argmax(dim=1) == y).sum()
         if on_batch_end is not None:
             on_batch_end()
-    return loss_sum.item() / len(labels), correct.item() / len(labels)
+    return loss_sum.item() / len(labels), correct.item() / len(labels), rate
 
 
 def evaluate_accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> float:
     return (predict_logits(model, inputs).argmax(dim=1) == labels).double().mean().item()
-
-
-def epoch_metric_keys(held_out: str) -> tuple[str, ...]:
-    """The per-epoch metrics of `fit`: METRIC_KEYS with the held-out split named (test or val)."""
-    return tuple(key.replace("test_", f"{held_out}_") for key in METRIC_KEYS)
 
 
 def fit(
@@ -205,33 +148,33 @@ def fit(
 ) -> tuple[list[EpochMetrics], nn.Module]:
     """Train `model` for `params.epochs` on the device it lives on.
 
-    Returns one metrics dict per epoch (accuracy on `held_out` as `<held_out_name>_acc`) and the
-    model to keep: `model` itself, or its weight average when `params.ema_decay` is set. Stops
-    with a PipelineError at the first epoch whose loss is not finite or above DIVERGED_LOSS,
-    before that epoch's metrics reach any callback (so NaN never gets logged).
+    Returns one metrics dict per epoch (`epoch`, HISTORY_KEYS with the held-out accuracy as
+    `<held_out_name>_acc`, `epoch_seconds`) and the model to keep: `model` itself, or its weight
+    average when `params.ema_decay` is set. Stops with a PipelineError at the first epoch whose
+    loss is not finite or above DIVERGED_LOSS, before that epoch's metrics reach any callback
+    (so NaN never gets logged).
     """
     device = next(model.parameters()).device
     train_inputs, held_inputs = as_inputs(train.images, device), as_inputs(held_out.images, device)
     train_labels, held_labels = train.labels.to(device), held_out.labels.to(device)
     optimizer = make_optimizer(model, params)
     steps_per_epoch = math.ceil(len(train) / params.batch_size)
-    warm_up = (
-        WarmUp(optimizer, params.warmup_epochs, steps_per_epoch) if params.warmup_epochs else None
-    )
-    schedule = make_schedule(optimizer, params)
-    average = WeightAverage(model, params.ema_decay)
-    held_key = f"{held_out_name}_acc"
+    # A constant rate needs no scheduler: the d2l recipe then runs exactly the plain loop.
+    scheduled = params.warmup_epochs > 0 or params.lr_schedule != "constant"
+    rates = make_rate_schedule(optimizer, params, steps_per_epoch) if scheduled else None
+    average = weight_average(model, params.ema_decay)
+    kept = average.module if average is not None else model
     history = []
     for epoch in range(1, params.epochs + 1):
         started = time.perf_counter()
-        train_loss, train_acc = train_one_epoch(
+        train_loss, train_acc, rate = train_one_epoch(
             model,
             train_inputs,
             train_labels,
             optimizer,
+            rates,
             params,
             generator,
-            warm_up,
             average,
             on_batch_end,
         )
@@ -241,113 +184,59 @@ def fit(
                 f"guess scores {math.log(NUM_CLASSES):.2f} (lr={params.lr}); "
                 "lower the learning rate"
             )
-        held_acc = evaluate_accuracy(average.pick(model), held_inputs, held_labels)
         metrics = {
             "epoch": epoch,
             "train_loss": train_loss,
             "train_acc": train_acc,
-            held_key: held_acc,
+            f"{held_out_name}_acc": evaluate_accuracy(kept, held_inputs, held_labels),
+            "lr": rate,
             "epoch_seconds": time.perf_counter() - started,
         }
         history.append(metrics)
-        if schedule is not None and epoch > params.warmup_epochs:
-            schedule.step()
         if on_epoch_end is not None:
             on_epoch_end(metrics)
-    return history, average.pick(model)
-
-
-def dataset_records(data_dir: Path, splits: Mapping[str, Split], commit: str | None) -> list:
-    """The processed splits as MLflow dataset inputs, digested as DVC digests them."""
-    folder_md5, file_md5s = dvc_digests(data_dir)
-    contexts = {"train": "training", "test": "testing"}
-    tensor_spec = '[{{"type": "tensor", "tensor-spec": {{"dtype": "{}", "shape": {}}}}}]'
-    schema = {
-        "mlflow_tensorspec": {
-            "features": tensor_spec.format("uint8", "[-1, 28, 28]"),
-            "targets": tensor_spec.format("int64", "[-1]"),
-        }
-    }
-    return [
-        DatasetRecord(
-            name=f"fashion-mnist-{split}",
-            digest=file_md5s[split_path(Path("."), split).name],
-            source={
-                "uri": split_path(data_dir, split).as_posix(),
-                "dvc_out": Path(data_dir).as_posix(),
-                "dvc_md5": folder_md5,
-                "git_commit": commit or "unknown",
-            },
-            schema=schema,
-            profile={"images": len(data), "classes": int(data.labels.max()) + 1},
-            context=contexts[split],
-        )
-        for split, data in splits.items()
-    ]
+    return history, kept
 
 
 def train_model(
     config: RunConfig,
     data_dir: Path,
     out_dir: Path,
-    target: TrackingTarget | None,
+    runs: Runs | NullRuns,
     tags: Mapping[str, str],
     cores: CoreShare,
     show_progress: bool = True,
 ) -> list[EpochMetrics]:
-    """Train `config`'s model on the processed data, track it, and write `out_dir`'s files.
-
-    Output files are written only after training and MLflow logging succeed. With `target`
-    None nothing is tracked and no run.json is written (a benchmark of the bare stage).
-    """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """Train `config`'s model on the processed data, track it in `runs`, write `out_dir`."""
+    from fashion_mlp.progress import EpochProgress
 
     params = config.train
     device = resolve_device(params.device)
-    numerics = reproducible_numerics()
+    run_tags = {
+        "torch_device": str(device),
+        "numerics": reproducible_numerics(),
+        "cpu": cpu_description(),
+        **tags,
+    }
     splits = {"train": load_split(data_dir, "train"), "test": load_split(data_dir, "test")}
     model, generator = seeded_model(config.model, params)
     model = model.to(device)
-    run_tags = {"torch_device": str(device), "numerics": numerics, **tags}
-    if target is not None:
-        closed = tracking.close_orphaned_runs(target, config.name)
-        if closed:
-            run_tags["fashion_mlp.closed_orphans"] = ",".join(closed)
-    mlflow_run = (
-        tracking.start_run(target, config.name, config.flat(), run_tags)
-        if target is not None
-        else nullcontext()
-    )
-
+    out_dir = Path(out_dir)
+    steps = math.ceil(len(splits["train"]) / params.batch_size)
     with (
-        mlflow_run as run,
-        Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[status]}"),
-            disable=not show_progress,
-        ) as progress,
+        atomic_paths(out_dir / MODEL_FILE, out_dir / HISTORY_FILE) as (weights_file, history_file),
+        runs.start(config.name, TRAIN_STAGE, config.flat(), run_tags, system_metrics=True) as run,
+        EpochProgress(config.name, params.epochs, steps, show_progress) as progress,
     ):
-        if run is not None:
-            commit = tags.get("git_commit")
-            tracking.log_datasets(run.info.run_id, dataset_records(data_dir, splits, commit))
-        epochs = progress.add_task(f"{config.name} epochs", total=params.epochs, status="")
-        batches_per_epoch = math.ceil(len(splits["train"]) / params.batch_size)
-        batches = progress.add_task("batches", total=batches_per_epoch, status="")
+        run.log_datasets(dataset_records(data_dir, splits, tags.get("git_commit")))
 
         def on_epoch_end(metrics: EpochMetrics) -> None:
-            if run is not None:
-                tracking.log_metrics({k: metrics[k] for k in METRIC_KEYS}, step=metrics["epoch"])
-            summary = "  ".join(f"{k} {metrics[k]:.4f}" for k in METRIC_KEYS)
-            progress.update(epochs, advance=1, status=summary)
-            progress.reset(batches)
-            progress.console.log(f"{config.name} epoch {metrics['epoch']}: {summary}")
+            run.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, metrics["epoch"])
+            progress.epoch_done(metrics, HISTORY_KEYS)
 
         def on_batch_end() -> None:
             cores.rebalance()
-            progress.advance(batches)
+            progress.batch_done()
 
         with cores:
             history, kept = fit(
@@ -360,35 +249,11 @@ def train_model(
                 on_batch_end=on_batch_end,
             )
         kept = kept.cpu()
-        if run is not None:
-            tracking.set_tags({"torch_threads": cores.describe()})
-            model_uri = _log_model(kept, splits["test"])
-        out_dir = Path(out_dir)
-        save_checkpoint(kept, config.model, out_dir / MODEL_FILE)
-        write_history(history, out_dir / HISTORY_FILE, METRIC_KEYS)
-        if run is not None:
-            write_run_info(out_dir, RunInfo(run_id=run.info.run_id, model_uri=model_uri))
+        run.set_tags({"torch_threads": cores.describe()})
+        content = checkpoint_bytes(kept, config.model)
+        example = as_inputs(splits["test"].images[:5]).numpy()
+        digest = hashlib.sha256(content).hexdigest()
+        run.log_model(kept, example, config.name, params.epochs, digest)
+        weights_file.write_bytes(content)
+        history_file.write_text(history_csv(history), encoding="utf-8")
     return history
-
-
-def _log_model(model: nn.Module, test: Split) -> str:
-    """Log the model in MLflow's safe `pt2` format (a torch.export graph: loading it runs no
-    pickled code), with a signature and a real input example (five test images); its URI."""
-    import mlflow
-    from mlflow.models import infer_signature
-
-    example = as_inputs(test.images[:5]).numpy()
-    with torch.inference_mode():
-        output = model.eval()(torch.from_numpy(example)).numpy()
-    info = mlflow.pytorch.log_model(
-        model,
-        name="model",
-        # Named, not left to MLflow: its default differs between versions and on Databricks.
-        serialization_format="pt2",
-        signature=infer_signature(example, output),
-        input_example=example,
-        # The network needs only torch. Naming it skips MLflow's requirement inference, a
-        # subprocess that costs ~7 s per logged model.
-        pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
-    )
-    return info.model_uri

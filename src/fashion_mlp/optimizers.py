@@ -1,0 +1,89 @@
+"""The optimizer and learning-rate schedule registries: each name params.yaml accepts, its code.
+
+`params.TrainParams` validates `optimizer` and `lr_schedule` against OPTIMIZERS and SCHEDULES,
+so a name that is accepted always has code behind it and nothing falls through to a default.
+Adding an optimizer is one entry in OPTIMIZERS (and a schedule one entry in SCHEDULES). torch is
+imported inside the builders: validating params (in torch-free stages) reads only the names.
+
+The learning rate of every step comes from one `torch.optim.lr_scheduler.LambdaLR`, stepped
+after each optimizer step: a linear warm-up over `warmup_epochs` (step by step), then the
+schedule, which changes the rate once per epoch (mlp_best's recipe was searched with a cosine
+decay stepped per epoch).
+"""
+
+import math
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # params.py validates names against these registries: no import cycle
+    from fashion_mlp.params import TrainParams
+
+
+def _sgd(parameters: Iterable[Any], params: "TrainParams") -> Any:
+    import torch
+
+    return torch.optim.SGD(
+        parameters, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay
+    )
+
+
+def _adam(parameters: Iterable[Any], params: "TrainParams") -> Any:
+    import torch
+
+    return torch.optim.Adam(parameters, lr=params.lr, weight_decay=params.weight_decay)
+
+
+def _adamw(parameters: Iterable[Any], params: "TrainParams") -> Any:
+    import torch
+
+    return torch.optim.AdamW(parameters, lr=params.lr, weight_decay=params.weight_decay)
+
+
+# Name in params.yaml -> builder(model parameters, train params) -> torch.optim.Optimizer.
+# `momentum` is read by SGD only (params.yaml says so).
+OPTIMIZERS: dict[str, Callable[[Iterable[Any], "TrainParams"], Any]] = {
+    "sgd": _sgd,
+    "adam": _adam,
+    "adamw": _adamw,
+}
+
+
+def _constant(epoch: int, epochs: int) -> float:
+    return 1.0
+
+
+def _cosine(epoch: int, epochs: int) -> float:
+    """From the full rate in the first epoch towards zero after the last one."""
+    return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
+# Name in params.yaml -> factor(epoch after warm-up, counted from 0; epochs after warm-up).
+SCHEDULES: dict[str, Callable[[int, int], float]] = {
+    "constant": _constant,
+    "cosine": _cosine,
+}
+
+
+def make_optimizer(model: Any, params: "TrainParams") -> Any:
+    return OPTIMIZERS[params.optimizer](model.parameters(), params)
+
+
+def rate_factor(params: "TrainParams", steps_per_epoch: int) -> Callable[[int], float]:
+    """The factor on `params.lr` for the step after `steps` steps: warm-up, then the schedule."""
+    warmup_steps = params.warmup_epochs * steps_per_epoch
+    decay_epochs = max(1, params.epochs - params.warmup_epochs)
+    schedule = SCHEDULES[params.lr_schedule]
+
+    def factor(steps: int) -> float:
+        if steps < warmup_steps:
+            return (steps + 1) / warmup_steps
+        return schedule(steps // steps_per_epoch - params.warmup_epochs, decay_epochs)
+
+    return factor
+
+
+def make_rate_schedule(optimizer: Any, params: "TrainParams", steps_per_epoch: int) -> Any:
+    """The per-step LambdaLR; call its `step()` after every optimizer step."""
+    import torch
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, rate_factor(params, steps_per_epoch))

@@ -1,0 +1,120 @@
+"""Stage `sweep` (sweeps/dvc.yaml; `make sweep`): a hyperparameter search on Ray Tune.
+
+Reads `data/processed/train.safetensors` and params `sweep` (and the `train` keys its trials do
+not set); never the test split while searching. A seeded validation split
+(`sweep.validation_size` images) is carved from the 60,000 training images; each trial trains
+on the rest and reports validation accuracy after every epoch. Ray Tune's ASHA scheduler stops
+the weak trials early, seeing validation metrics only, and the ranking uses them only. The best
+configuration is then retrained (same seed, same split: the same weights) and tested once; that
+number is reported beside it, never used. Writes `reports/sweep/` (report.py).
+
+MLflow gets one parent run named after the sweep (the search's definition as params, the best
+trial's validation and test accuracy as metrics) and one child run per trial, opened when the
+trial starts. Trials log no models: the winner becomes a model by pasting `best.yaml` into
+params.yaml, where the pipeline trains, evaluates and logs it like every other.
+
+    fashion-mlp sweep --params params.yaml --data-dir data/processed --out-dir reports/sweep
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fashion_mlp.errors import PipelineError
+from fashion_mlp.params import Params
+from fashion_mlp.splits import Split, carve_validation, load_split
+from fashion_mlp.sweep.report import publish_reports
+from fashion_mlp.sweep.space import plan_trials
+from fashion_mlp.sweep.trials import TRIAL_STAGE, TrialOutcome, rank, start_ray, tune_trials
+from fashion_mlp.tracking.runs import Runs, owner_tags
+from fashion_mlp.tracking.store import SQLITE_PREFIX, Store
+
+SWEEP_STAGE = "sweep"
+
+
+def run_sweep(
+    params: Params,
+    data_dir: Path,
+    out_dir: Path,
+    store: Store,
+    ray_address: str | None,
+    show_progress: bool = True,
+) -> list[TrialOutcome]:
+    """Run the sweep, write its reports, track it; the trials, best first."""
+    sweep = params.sweep
+    plans = plan_trials(params)
+    if ray_address and store.target.uri.startswith(SQLITE_PREFIX):
+        raise PipelineError(
+            "a Ray cluster needs a tracking server: set MLFLOW_TRACKING_URI (got "
+            f"{store.target.shown_uri}, a file that workers on other machines cannot reach)"
+        )
+    rest, validation = carve_validation(
+        load_split(data_dir, "train"), sweep.validation_size, sweep.seed
+    )
+    runs = Runs(store)
+    runs.close_orphans(stage=TRIAL_STAGE)
+    owner = owner_tags()
+    tags = {"sweep": sweep.name, "ray_address": ray_address or "embedded"}
+    with runs.start(sweep.name, SWEEP_STAGE, _definition(params), tags, owner=owner) as parent:
+        parent_id = parent.wait()
+        started_ray = start_ray(params, ray_address)
+        outcomes = [TrialOutcome(plan) for plan in plans]
+        try:
+            settings = {
+                "target": {"uri": store.target.uri, "experiment": store.target.experiment},
+                "parent": parent_id,
+                "owner": owner,
+                "cpus_per_trial": sweep.cpus_per_trial,
+            }
+            interrupted = tune_trials(params, outcomes, rest, validation, settings, show_progress)
+        finally:
+            # Each trial's run ends as Tune saw the trial end; those whose worker died, or
+            # that never ended because the sweep stopped, end KILLED. First, before Ray's
+            # shutdown (seconds, which a second Ctrl-C may cut short).
+            ended = {o.run_id: o.run_end() for o in outcomes if o.run_id and o.status != "KILLED"}
+            try:
+                runs.end_children(parent_id, ended)
+            finally:
+                if started_ray:
+                    import ray
+
+                    ray.shutdown()
+        if interrupted:
+            raise KeyboardInterrupt("the sweep was interrupted")
+        ranked = sorted(outcomes, key=rank)
+        best = ranked[0]
+        completed = best.status == "FINISHED" and not best.stopped_early
+        test_acc = _test_best(best, rest, data_dir) if completed else None
+        publish_reports(sweep, ranked, test_acc, len(rest), Path(out_dir))
+        if test_acc is not None:
+            best_metrics = {"best_trial_val_acc": best.val_acc, "best_trial_test_acc": test_acc}
+            parent.log_metrics(best_metrics, 0)
+            parent.set_tags({"best_trial": str(best.plan.index)})
+    return ranked
+
+
+def _definition(params: Params) -> dict[str, Any]:
+    """The sweep's definition, as the parent run's params."""
+    sweep = params.sweep
+    return sweep.model_dump(exclude={"base", "space", "scheduler"}) | {
+        "grace_period": sweep.scheduler.grace_period,
+        "reduction_factor": sweep.scheduler.reduction_factor,
+        "base": json.dumps(sweep.base, sort_keys=True),
+        "space": json.dumps(
+            {key: entry.model_dump() for key, entry in sweep.space.items()}, sort_keys=True
+        ),
+    }
+
+
+def _test_best(best: TrialOutcome, rest: Split, data_dir: Path) -> float:
+    """Retrain the best configuration exactly as its trial did (same seed, same split, same
+    weights: the numerics are thread-independent) and score it once on the test split."""
+    from fashion_mlp.threads import CoreShare
+    from fashion_mlp.train import fit, seeded_model
+
+    test = load_split(data_dir, "test")
+    params = best.plan.config.train.model_copy(update={"device": "cpu"})
+    with CoreShare() as cores:
+        model, generator = seeded_model(best.plan.config.model, params)
+        history, _ = fit(model, rest, test, params, generator, on_batch_end=cores.rebalance)
+    return history[-1]["test_acc"]

@@ -1,0 +1,37 @@
+"""The processed splits as MLflow dataset inputs, named by the digests DVC gives them.
+
+A run's Datasets panel then shows what `dvc.lock` shows: each split's digest is its file's MD5 in
+DVC's manifest of `data/processed`, and its source names the DVC output, the folder's `.dir`
+hash and the git commit.
+"""
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from fashion_mlp.dataset import IMAGE_SHAPE
+from fashion_mlp.splits import Split, dvc_digests, split_path
+from fashion_mlp.tracking.runs import DatasetRecord, TensorShape
+
+CONTEXTS = {"train": "training", "validation": "validation", "test": "testing"}
+
+
+def dataset_records(data_dir: Path, splits: Mapping[str, Split], commit: str | None) -> list:
+    """The processed splits as MLflow dataset inputs, digested as DVC digests them."""
+    folder_md5, file_md5s = dvc_digests(data_dir)
+    return [
+        DatasetRecord(
+            name=f"fashion-mnist-{split}",
+            digest=file_md5s[split_path(Path("."), split).name],
+            source={
+                "uri": split_path(data_dir, split).as_posix(),
+                "dvc_out": Path(data_dir).as_posix(),
+                "dvc_md5": folder_md5,
+                "git_commit": commit or "unknown",
+            },
+            features=TensorShape("uint8", (-1, *IMAGE_SHAPE)),
+            targets=TensorShape("int64", (-1,)),
+            profile={"images": len(data), "classes": int(data.labels.max()) + 1},
+            context=CONTEXTS[split],
+        )
+        for split, data in splits.items()
+    ]
