@@ -4,6 +4,7 @@ Helpers (data makers, server starters, the "needs X" rule) live in tests/helpers
 that train are module-scoped and hand each test its own copy, so a module trains once.
 """
 
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,14 +14,24 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from fashion_mlp.cli import app
-from fashion_mlp.numerics import reproducible_numerics
-from helpers.data import declared_params, tiny_params, write_params, write_synthetic_raw
-from helpers.servers import TeamServer, mlflow_team_server, postgres_cluster
+from fashion_mlp.numerics import NUMERICS_ENV
 
-# Before any test computes with torch: MKL takes its numerics mode only before its first use.
+# Before torch loads, as the CLI does: torch and MKL read these once (numerics.py).
+for _variable, _value in NUMERICS_ENV.items():
+    os.environ.setdefault(_variable, _value)
+
+from fashion_mlp.cli import app  # noqa: E402
+from fashion_mlp.numerics import reproducible_numerics  # noqa: E402
+from helpers.data import (  # noqa: E402
+    declared_params,
+    isolate,
+    tiny_params,
+    write_params,
+    write_synthetic_raw,
+)
+from helpers.servers import TeamServer, mlflow_team_server, postgres_cluster  # noqa: E402
+
 reproducible_numerics()
-ISOLATED_VARIABLES = ("MLFLOW_", "DVC_", "FASHION_MLP_", "RAY_ADDRESS")
 
 
 @dataclass
@@ -35,23 +46,18 @@ class Project:
         return f"sqlite:///{self.folder / 'mlflow.db'}"
 
     def use_params(self, stage: str, model: str | None = None) -> None:
-        """params.yaml with only what dvc.yaml declares for `stage` (and `model`)."""
+        """params.yaml with only what dvc.yaml declares for `stage` (and `model`), and where
+        runs are recorded."""
         write_params(self.folder / "params.yaml", declared_params(self.params, stage, model))
+
+    def configure(self) -> None:
+        """configs/ for every model, as the `configure` stage writes it."""
+        self.use_params("configure")
+        result = self.invoke("configure")
+        assert result.exit_code == 0, result.output
 
     def invoke(self, *args: str, env: dict[str, str] | None = None) -> Any:
         return CliRunner().invoke(app, list(args), env=env)
-
-
-def isolate(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
-    """Run in `folder`, with no tracking, DVC, thread or Ray settings leaking in from outside;
-    trainings register in a private core registry."""
-    monkeypatch.chdir(folder)
-    import os
-
-    for variable in list(os.environ):
-        if variable.startswith(ISOLATED_VARIABLES):
-            monkeypatch.delenv(variable)
-    monkeypatch.setenv("FASHION_MLP_CORE_REGISTRY", str(folder.parent / "cores"))
 
 
 @pytest.fixture
@@ -84,6 +90,7 @@ def _train_project(folder: Path) -> Project:
         folder, tiny_params(folder.parent / "source", checksums, "sqlite:///mlflow.db")
     )
     preprocess(folder.parent / "source", folder / "data/processed")
+    project.configure()
     for model in ("mlp1", "mlp2"):
         project.use_params("train", model)
         result = project.invoke("train", model, "--no-progress")
@@ -129,6 +136,22 @@ def evaluated_once(trained_once: Project, tmp_path_factory: pytest.TempPathFacto
 def evaluated(evaluated_once: Project, tmp_path: Path, monkeypatch) -> Project:
     """Both tiny models trained and evaluated (what compare and register read); a copy."""
     return _copy(evaluated_once, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def params_reads(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every Params a command loads during the test, to read which leaf keys it took."""
+    import fashion_mlp.params as params_module
+
+    loaded: list = []
+    original = params_module.load_params
+
+    def recording(path):
+        loaded.append(original(path))
+        return loaded[-1]
+
+    monkeypatch.setattr(params_module, "load_params", recording)
+    return loaded
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,8 @@ import torch
 
 from fashion_mlp.dataset import CLASS_NAMES
 from fashion_mlp.evaluate import confusion_matrix
+from fashion_mlp.metrics import EVALUATION_METRICS
+from helpers.process import heavy_modules_loaded
 
 
 def test_confusion_matrix_matches_pandas_crosstab():
@@ -20,21 +22,29 @@ def test_confusion_matrix_matches_pandas_crosstab():
     assert confusion_matrix(labels, predictions).tolist() == reference.to_numpy().tolist()
 
 
-def run_id(project, model: str) -> str:
-    return json.loads((project.folder / f"models/{model}/run.json").read_text())["run_id"]
+def training_run(project, model: str):
+    """The MLflow run that trained `model`'s current weights (found by their SHA-256)."""
+    import hashlib
+
+    import mlflow
+
+    digest = hashlib.sha256((project.folder / f"models/{model}/model.safetensors").read_bytes())
+    client = mlflow.MlflowClient(project.store)
+    query = f"tags.`fashion_mlp.weights_sha256` = '{digest.hexdigest()}'"
+    (run,) = client.search_runs(client.get_experiment_by_name("fashion-mlp").experiment_id, query)
+    return run
 
 
 def test_evaluate_writes_metrics_pictures_and_logs_into_the_train_run(trained):
     import mlflow
 
-    mlflow.set_tracking_uri(trained.store)
-    before = mlflow.get_run(run_id(trained, "mlp1")).info
+    before = training_run(trained, "mlp1").info
     trained.use_params("evaluate", "mlp1")
     result = trained.invoke("evaluate", "mlp1")
     assert result.exit_code == 0, result.output
     folder = trained.folder
     metrics = json.loads((folder / "metrics/mlp1.json").read_text())
-    assert set(metrics) == {"test_acc", "test_loss"}
+    assert set(metrics) == set(EVALUATION_METRICS)
     per_class = pd.read_csv(folder / "evaluation/mlp1/per_class_accuracy.csv")
     assert list(per_class["class"]) == list(CLASS_NAMES)
     history = pd.read_csv(folder / "models/mlp1/history.csv")
@@ -53,19 +63,28 @@ def test_evaluate_writes_metrics_pictures_and_logs_into_the_train_run(trained):
         metrics["test_acc"]
     )
     assert (folder / "evaluation/mlp1/confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    assert list(folder.glob("**/.*.tmp")) == []
 
-    run = mlflow.get_run(run_id(trained, "mlp1"))
-    assert run.data.metrics["final_test_acc"] == pytest.approx(metrics["test_acc"])
-    assert "class_acc.t_shirt_top" in run.data.metrics
-    artifacts = {
-        a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "evaluation")
-    }
+    run = training_run(trained, "mlp1")
+    # The evaluation's metrics under their own names, and no ten per-class metrics.
+    assert run.data.metrics["test_acc"] == pytest.approx(metrics["test_acc"])
+    assert run.data.metrics["test_loss"] == pytest.approx(metrics["test_loss"])
+    assert not any(key.startswith("class_acc") for key in run.data.metrics)
+    client = mlflow.MlflowClient(trained.store)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert artifacts == {
         "evaluation/mlp1.json",
         "evaluation/per_class_accuracy.csv",
         "evaluation/predictions.csv",
         "evaluation/confusion_matrix.csv",
         "evaluation/confusion_matrix.png",
+    }
+    # Linked to the run's LoggedModel and to the test data they were computed on.
+    (logged,) = client.search_logged_models([run.info.experiment_id], filter_string="name = 'mlp1'")
+    linked = {(m.key, m.dataset_name): m.value for m in logged.metrics if m.dataset_name}
+    assert linked == {
+        ("test_acc", "fashion-mnist-test"): pytest.approx(metrics["test_acc"]),
+        ("test_loss", "fashion-mnist-test"): pytest.approx(metrics["test_loss"]),
     }
     # Evaluation did not reopen the run: its start, end and status are its training's.
     assert (run.info.start_time, run.info.end_time, run.info.status) == (
@@ -79,72 +98,43 @@ def test_a_runs_duration_is_its_training_time(trained):
     """From start to end, the run took the epochs plus the logging around them, not more."""
     import mlflow
 
-    mlflow.set_tracking_uri(trained.store)
     trained.use_params("evaluate", "mlp1")
     assert trained.invoke("evaluate", "mlp1").exit_code == 0
-    run = mlflow.get_run(run_id(trained, "mlp1"))
-    history = pd.read_csv(trained.folder / "models/mlp1/history.csv")
+    run = training_run(trained, "mlp1")
+    client = mlflow.MlflowClient(trained.store)
+    seconds = [m.value for m in client.get_metric_history(run.info.run_id, "epoch_seconds")]
     duration = (run.info.end_time - run.info.start_time) / 1000
-    client = mlflow.MlflowClient()
     logged = [m.timestamp for m in client.get_metric_history(run.info.run_id, "train_loss")]
     # The run ends after its last epoch was logged (model export and files follow it) ...
-    assert run.info.end_time >= max(logged) and duration >= history["epoch_seconds"].sum()
+    assert run.info.end_time >= max(logged) and duration >= sum(seconds)
     # ... and evaluation's metrics were added later, outside the run's time span.
-    evaluated = client.get_metric_history(run.info.run_id, "final_test_acc")[0].timestamp
-    assert evaluated >= run.info.end_time
+    evaluated = [m.timestamp for m in client.get_metric_history(run.info.run_id, "test_loss")]
+    assert min(evaluated) >= run.info.end_time
 
 
-def test_evaluate_with_a_run_missing_from_the_store_fails_before_writing(trained):
-    (trained.folder / "models/mlp1/run.json").write_text(
-        json.dumps({"run_id": "0" * 32, "model_uri": "models:/m-0"})
-    )
+def test_evaluate_of_weights_no_run_trained_fails_before_writing(trained):
+    """Weights the store has no run for (another store's, or edited by hand): nothing written,
+    one line saying how to train them into this store."""
+    model_file = trained.folder / "models/mlp1/model.safetensors"
+    (trained.folder / "models/mlp2/model.safetensors").replace(model_file)
     trained.use_params("evaluate", "mlp1")
     result = trained.invoke("evaluate", "mlp1")
     assert result.exit_code == 1
-    assert f"MLflow run {'0' * 32} not found" in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: no finished run of 'mlp1' with these weights (sha256 ")
+    assert line.endswith("train it into this store: `dvc repro --force train@mlp1`")
     assert not (trained.folder / "metrics").exists()
     assert not (trained.folder / "evaluation").exists()
 
 
-def test_evaluate_refuses_a_run_file_that_names_another_models_run(trained):
-    mlp2_run = (trained.folder / "models/mlp2/run.json").read_text()
-    (trained.folder / "models/mlp1/run.json").write_text(mlp2_run)
-    trained.use_params("evaluate", "mlp1")
-    result = trained.invoke("evaluate", "mlp1")
-    assert result.exit_code == 1
-    (line,) = result.stderr.strip().splitlines()
-    assert f"MLflow run {run_id(trained, 'mlp2')} trained 'mlp2'" in line
-    assert "not 'mlp1' in 'fashion-mlp'; the run file is not this model's" in line
-    assert not (trained.folder / "metrics").exists()
-
-
-def test_evaluate_names_a_deleted_run_and_how_to_restore_it(trained):
+def test_evaluate_does_not_use_a_deleted_run(trained):
     import mlflow
 
-    mlflow.set_tracking_uri(trained.store)
-    mlflow.delete_run(run_id(trained, "mlp1"))
+    mlflow.MlflowClient(trained.store).delete_run(training_run(trained, "mlp1").info.run_id)
     trained.use_params("evaluate", "mlp1")
     result = trained.invoke("evaluate", "mlp1")
     assert result.exit_code == 1
-    assert f"mlflow runs restore --run-id {run_id(trained, 'mlp1')}" in result.stderr
-
-
-@pytest.mark.parametrize(
-    ("content", "problem"),
-    [
-        ("{not json", "run.json: not valid JSON (Expecting property name"),
-        ('["a list"]', "run.json: expected a JSON object"),
-        ('{"run": "x"}', "run.json: not a run file (expected run_id and model_uri)"),
-    ],
-    ids=["not-json", "not-an-object", "wrong-keys"],
-)
-def test_a_malformed_run_file_is_one_line(trained, content, problem):
-    (trained.folder / "models/mlp1/run.json").write_text(content)
-    trained.use_params("evaluate", "mlp1")
-    result = trained.invoke("evaluate", "mlp1")
-    assert result.exit_code == 1
-    (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("error: models/mlp1/") and problem in line
+    assert "no finished run of 'mlp1' with these weights" in result.stderr
 
 
 def test_compare_writes_the_table_the_curves_and_the_plot_data(evaluated):
@@ -166,6 +156,11 @@ def test_compare_writes_the_table_the_curves_and_the_plot_data(evaluated):
     assert (evaluated.folder / "reports/learning_curves.png").read_bytes()[:4] == b"\x89PNG"
     curves = pd.read_csv(evaluated.folder / "reports/curves.csv")
     assert list(curves.columns) == ["epoch", "model", "train_loss", "train_acc", "test_acc"]
+    assert sorted(path.name for path in (evaluated.folder / "reports").iterdir()) == [
+        "comparison.md",
+        "curves.csv",
+        "learning_curves.png",
+    ]
     history = pd.read_csv(evaluated.folder / "models/mlp2/history.csv")
     mlp2 = curves[curves["model"] == "mlp2"].reset_index(drop=True)
     assert mlp2["test_acc"].tolist() == pytest.approx(history["test_acc"].tolist())
@@ -203,24 +198,6 @@ def test_compare_refreshes_the_readme_table_between_its_markers(evaluated):
     table = text.split(README_START)[1].split(README_END)[0]
     mlp1_acc = json.loads((evaluated.folder / "metrics/mlp1.json").read_text())["test_acc"]
     assert f"| mlp1 | 784-32-10 relu | sgd | 0.5000 | 2 | {mlp1_acc:.4f} |" in table
-
-
-def heavy_modules_loaded(project, *command: str) -> set[str]:
-    """Run a CLI command in a fresh interpreter; which of torch and mlflow it imported."""
-    import subprocess
-    import sys
-
-    script = (
-        "import sys; from typer.testing import CliRunner; from fashion_mlp.cli import app; "
-        f"result = CliRunner().invoke(app, {list(command)!r}); "
-        "assert result.exit_code == 0, result.output; "
-        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'mlflow'})))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=project.folder, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-    return set(done.stdout.split())
 
 
 def test_compare_loads_neither_torch_nor_mlflow(evaluated):

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from fashion_mlp.cli import app
 from fashion_mlp.errors import PipelineError
-from fashion_mlp.model import build_mlp, load_checkpoint, save_checkpoint
-from fashion_mlp.nonlinearities import ACTIVATIONS
+from fashion_mlp.model import build_mlp, checkpoint_bytes, load_checkpoint, save_checkpoint
+from fashion_mlp.nonlinearities import ACTIVATIONS, activation_layer
 from fashion_mlp.params import Activation, ModelSpec
 from helpers.data import declared_params, write_params
 
@@ -22,6 +22,9 @@ def spec(hidden, activation="relu", dropout=0.0, batch_norm=False) -> ModelSpec:
 
 def test_every_activation_params_accept_is_one_the_registry_builds():
     assert set(typing.get_args(Activation)) == set(ACTIVATIONS)
+    for name in ACTIVATIONS:
+        layer = activation_layer(name)
+        assert isinstance(layer, nn.Module) and layer(torch.zeros(2)).shape == (2,)
 
 
 def test_layers_follow_the_spec():
@@ -88,13 +91,39 @@ def test_same_seed_same_weights_other_seed_other_weights():
 
 
 def test_checkpoint_rebuilds_the_model_without_params(tmp_path):
-    shape = spec([16, 8], "sigmoid")
-    model = build_mlp(shape, 0.05, torch.Generator().manual_seed(0))
-    save_checkpoint(model, shape, tmp_path / "model.pt")
-    loaded, loaded_spec = load_checkpoint(tmp_path / "model.pt")
+    shape = spec([16, 8], "sigmoid", batch_norm=True)
+    model = build_mlp(shape, 0.05, torch.Generator().manual_seed(0)).eval()
+    save_checkpoint(model, shape, tmp_path / "model.safetensors")
+    loaded, loaded_spec = load_checkpoint(tmp_path / "model.safetensors")
     assert loaded_spec == shape
     x = torch.rand(3, 28, 28)
     torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_the_same_weights_give_the_same_checkpoint_bytes_wherever_they_are_written(tmp_path):
+    """torch.save's zip embeds the file's name and a random id; our checkpoint is the weights
+    and the architecture only, so DVC sees an unchanged file when the weights did not change."""
+    shape = spec([16], "relu", dropout=0.1)
+    first = build_mlp(shape, 0.05, torch.Generator().manual_seed(0))
+    again = build_mlp(shape, 0.05, torch.Generator().manual_seed(0))
+    save_checkpoint(first, shape, tmp_path / "a" / "model.safetensors")
+    save_checkpoint(again, shape, tmp_path / "b" / "elsewhere.safetensors")
+    assert (tmp_path / "a/model.safetensors").read_bytes() == (
+        tmp_path / "b/elsewhere.safetensors"
+    ).read_bytes()
+    other = build_mlp(shape, 0.05, torch.Generator().manual_seed(1))
+    assert checkpoint_bytes(other, shape) != checkpoint_bytes(first, shape)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"not a checkpoint", b"\x10\x00\x00\x00\x00\x00\x00\x00{}"],
+    ids=["empty", "text", "no-metadata"],
+)
+def test_a_file_that_is_not_our_checkpoint_is_one_line(tmp_path, content):
+    (tmp_path / "model.safetensors").write_bytes(content)
+    with pytest.raises(PipelineError, match=r"model.safetensors: not a fashion-mlp checkpoint"):
+        load_checkpoint(tmp_path / "model.safetensors")
 
 
 class _CreatesFileWhenUnpickled:
@@ -107,9 +136,9 @@ class _CreatesFileWhenUnpickled:
 
 def test_a_foreign_pickle_is_refused_and_never_executed(tmp_path):
     marker = tmp_path / "executed"
-    torch.save({"payload": _CreatesFileWhenUnpickled(marker)}, tmp_path / "evil.pt")
+    torch.save({"payload": _CreatesFileWhenUnpickled(marker)}, tmp_path / "model.safetensors")
     with pytest.raises(PipelineError, match="not a fashion-mlp checkpoint"):
-        load_checkpoint(tmp_path / "evil.pt")
+        load_checkpoint(tmp_path / "model.safetensors")
     assert not marker.exists()
 
 
@@ -117,12 +146,12 @@ def test_evaluate_given_a_foreign_pickle_refuses_it_without_executing_it(workdir
     marker = workdir / "executed"
     model_dir = workdir / "models" / "mlp1"
     model_dir.mkdir(parents=True)
-    torch.save({"payload": _CreatesFileWhenUnpickled(marker)}, model_dir / "model.pt")
-    (model_dir / "run.json").write_text('{"run_id": "0", "model_uri": "runs:/0/model"}')
+    payload = {"payload": _CreatesFileWhenUnpickled(marker)}
+    torch.save(payload, model_dir / "model.safetensors")
     write_params(workdir / "params.yaml", declared_params(params, "evaluate", "mlp1"))
     result = CliRunner().invoke(app, ["evaluate", "mlp1"])
     assert result.exit_code == 1
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("error: models/mlp1/model.pt: not a fashion-mlp checkpoint")
+    assert line.startswith("error: models/mlp1/model.safetensors: not a fashion-mlp checkpoint")
     assert not marker.exists()
     assert not (workdir / "metrics").exists()

@@ -79,8 +79,19 @@ def test_cli_preprocess_reports_counts(workdir, synthetic_raw):
     source, _ = synthetic_raw
     result = CliRunner().invoke(app, ["preprocess", "--raw-dir", str(source), "--out-dir", "out"])
     assert result.exit_code == 0, result.output
-    assert "out/train.pt: 300 images" in result.output
-    assert (workdir / "out" / "test.pt").exists()
+    assert "out/train.safetensors: 300 images" in result.output
+    assert (workdir / "out" / "test.safetensors").exists()
+
+
+def test_the_same_data_gives_the_same_files_in_every_folder(tmp_path, synthetic_raw):
+    """torch.save wrote its temporary file's random name and a random id into every file: the
+    same tensors came out as new bytes each time, so DVC reran every model for nothing."""
+    source, _ = synthetic_raw
+    preprocess(source, tmp_path / "first")
+    preprocess(source, tmp_path / "second" / "elsewhere")
+    for split in ("train", "test"):
+        first = (tmp_path / "first" / f"{split}.safetensors").read_bytes()
+        assert first == (tmp_path / "second/elsewhere" / f"{split}.safetensors").read_bytes()
 
 
 def test_cli_preprocess_missing_raw_files_says_what_to_run(workdir):
@@ -131,9 +142,11 @@ def test_reading_the_first_images_decompresses_only_those(tmp_path):
     assert read_idx_images(path).shape == (90_000, 28, 28)
 
 
-def _save_split(folder, images, labels):
+def _save_split(folder, images, labels, split="train"):
+    from safetensors.torch import save_file
+
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save({"images": images, "labels": labels}, folder / "train.pt")
+    save_file({"images": images, "labels": labels}, folder / f"{split}.safetensors")
 
 
 @pytest.mark.parametrize(
@@ -162,35 +175,43 @@ def test_processed_data_that_is_not_ours_is_refused_in_one_line(tmp_path, images
     with pytest.raises(PipelineError) as caught:
         load_split(tmp_path, "train")
     message = str(caught.value)
-    assert message.startswith(f"{tmp_path / 'train.pt'}: ") and problem in message
+    assert message.startswith(f"{tmp_path / 'train.safetensors'}: ") and problem in message
     assert message.endswith("rerun `fashion-mlp preprocess` (or `dvc repro preprocess`)")
 
 
 def test_a_file_that_is_not_a_split_at_all_is_refused(tmp_path):
-    (tmp_path / "train.pt").write_bytes(b"certainly not a zip archive")
-    with pytest.raises(PipelineError, match=r"train.pt: not a processed split \("):
+    (tmp_path / "train.safetensors").write_bytes(b"certainly not a safetensors file")
+    with pytest.raises(PipelineError, match=r"train.safetensors: not a processed split \("):
         load_split(tmp_path, "train")
-    torch.save({"pixels": torch.zeros(1)}, tmp_path / "train.pt")
+    # A pickle is refused without being run: safetensors holds tensors only.
+    torch.save({"images": torch.zeros(1)}, tmp_path / "train.safetensors")
+    with pytest.raises(PipelineError, match=r"train.safetensors: not a processed split \("):
+        load_split(tmp_path, "train")
+    _save_split(tmp_path, torch.zeros(1), torch.zeros(1))
+    from safetensors.torch import save_file
+
+    save_file({"pixels": torch.zeros(1)}, tmp_path / "train.safetensors")
     with pytest.raises(
-        PipelineError, match=r"expected a dict of images and labels, got \['pixels'\]"
+        PipelineError, match=r"expected tensors images and labels, got \['pixels'\]"
     ):
         load_split(tmp_path, "train")
 
 
 def test_float_images_stop_the_train_stage_before_any_training(workdir, params):
     """Images already scaled to [0, 1] used to train to chance accuracy (0.10) with exit 0."""
+    from fashion_mlp.configure import configure
+    from fashion_mlp.params import load_params
     from helpers.data import declared_params, write_params
 
     _save_split(workdir / "data/processed", torch.rand(300, 28, 28), torch.arange(300) % 10)
-    torch.save(
-        {"images": torch.zeros(100, 28, 28, dtype=torch.uint8), "labels": torch.arange(100) % 10},
-        workdir / "data/processed/test.pt",
-    )
+    zeros = torch.zeros(100, 28, 28, dtype=torch.uint8)
+    _save_split(workdir / "data/processed", zeros, torch.arange(100) % 10, split="test")
+    configure(load_params(write_params(workdir / "params.yaml", params)), workdir / "configs")
     write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
-    result = CliRunner().invoke(app, ["train", "mlp1", "--no-progress"])
+    result = CliRunner().invoke(app, ["train", "mlp1", "--no-progress", "--no-tracking"])
     assert result.exit_code == 1
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("error: data/processed/train.pt: images are torch.float32")
+    assert line.startswith("error: data/processed/train.safetensors: images are torch.float32")
     assert not (workdir / "models").exists()
 
 

@@ -7,12 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from fashion_mlp.dataset import CLASS_NAMES
 from helpers.data import synthetic_split, write_params
-from helpers.process import VENV_BIN, free_port, responds, stage_env, wait_until
+from helpers.plants import plant_code_champion, plant_pickle_champion
+from helpers.process import (
+    VENV_BIN,
+    free_port,
+    heavy_modules_loaded,
+    responds,
+    stage_env,
+    wait_until,
+)
 
 TEST_IMAGES, TEST_LABELS = synthetic_split(100, seed=2)
 
@@ -26,25 +33,32 @@ def registered(evaluated):
 
 
 def test_register_makes_the_declared_champion_champion_once(registered):
+    import hashlib
+
     import mlflow
 
     champion = json.loads((registered.folder / "reports/champion.json").read_text())
     assert champion["model"] == registered.params["mlflow"]["champion"] == "mlp2"
-    assert champion["uri"] == "models:/fashion-mlp@champion"
-    mlflow.set_tracking_uri(registered.store)
-    client = mlflow.MlflowClient()
+    weights = (registered.folder / "models/mlp2/model.safetensors").read_bytes()
+    assert champion["weights_sha256"] == hashlib.sha256(weights).hexdigest()
+    metrics = json.loads((registered.folder / "metrics/mlp2.json").read_text())
+    assert {key: champion[key] for key in metrics} == metrics
+    client = mlflow.MlflowClient(registered.store)
     version = client.get_model_version_by_alias("fashion-mlp", "champion")
-    assert version.run_id == champion["run_id"]
-    run_json = registered.folder / "models/mlp2/run.json"
-    assert json.loads(run_json.read_text())["run_id"] == champion["run_id"]
-    # Registering the same run again adds no version.
-    assert registered.invoke("register").exit_code == 0
+    # The version holds the LoggedModel that training logged, which carries its metrics.
+    logged = client.get_logged_model(version.source.removeprefix("models:/"))
+    assert logged.name == "mlp2" and logged.source_run_id == version.run_id
+    assert logged.tags["fashion_mlp.weights_sha256"] == champion["weights_sha256"]
+    assert {m.key for m in logged.metrics if m.dataset_name} == set(metrics)
+    # Registering the same model again adds no version, and champion.json stays the same.
+    before = (registered.folder / "reports/champion.json").read_bytes()
+    again = registered.invoke("register")
+    assert again.exit_code == 0 and "already pointed at version 1: mlp2" in again.output
     assert len(client.search_model_versions("name = 'fashion-mlp'")) == 1
+    assert (registered.folder / "reports/champion.json").read_bytes() == before
 
 
 def test_register_loads_mlflow_but_not_torch(evaluated):
-    from test_evaluate_compare import heavy_modules_loaded
-
     evaluated.use_params("register")
     assert heavy_modules_loaded(evaluated, "register") == {"mlflow"}
 
@@ -65,7 +79,8 @@ def test_predict_classifies_png_and_idx_files_with_the_champion(registered):
     idx_file = Path(registered.params["data"]["local_dir"]) / "t10k-images-idx3-ubyte.gz"
     result = registered.invoke("predict", str(image), str(idx_file), "--limit", "3")
     assert result.exit_code == 0, result.output
-    lines = result.output.strip().splitlines()
+    answered, *lines = result.output.strip().splitlines()
+    assert answered.startswith("model: fashion-mlp version 2: mlp1 (run ")
     assert lines[0].startswith(f"{image}: {CLASS_NAMES[TEST_LABELS[index]]} ")
     assert [line.split(": ")[0] for line in lines[1:]] == [f"{idx_file}[{i}]" for i in range(3)]
     for line, label in zip(lines[1:], TEST_LABELS[:3], strict=True):
@@ -77,39 +92,13 @@ def test_predict_classifies_png_and_idx_files_with_the_champion(registered):
 def test_predict_with_a_local_checkpoint_needs_no_registry(trained):
     write_params(trained.folder / "params.yaml", trained.params)
     image = png(trained.folder / "garment.png", TEST_IMAGES[3])
-    result = trained.invoke("predict", str(image), "--model", "models/mlp1/model.pt", "--top", "1")
+    checkpoint = "models/mlp1/model.safetensors"
+    result = trained.invoke("predict", str(image), "--model", checkpoint, "--top", "1")
     assert result.exit_code == 0, result.output
-    label, probability = result.output.strip().removeprefix(f"{image}: ").rsplit(" ", 1)
+    answered, line = result.output.strip().splitlines()
+    assert answered == f"model: checkpoint {checkpoint} (784-32-10 relu)"
+    label, probability = line.removeprefix(f"{image}: ").rsplit(" ", 1)
     assert label == CLASS_NAMES[TEST_LABELS[3]] and 0.1 < float(probability) <= 1
-
-
-class CreatesFileWhenUnpickled(torch.nn.Module):
-    """A 'model' whose unpickling runs code: it creates a file."""
-
-    def __init__(self, marker: Path):
-        super().__init__()
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
-def plant_pickle_champion(store: str, marker: Path, experiment: str = "fashion-mlp") -> None:
-    """What an attacker with write access did: log a pickle-format model, register it and move
-    the champion alias to it."""
-    import mlflow
-
-    mlflow.set_tracking_uri(store)
-    with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name(experiment).experiment_id):
-        info = mlflow.pytorch.log_model(
-            CreatesFileWhenUnpickled(marker),
-            name="model",
-            serialization_format="pickle",
-            pip_requirements=["torch"],  # MLflow's inference would load (and so run) it
-        )
-    version = mlflow.register_model(info.model_uri, experiment)
-    mlflow.MlflowClient().set_registered_model_alias(experiment, "champion", version.version)
-    assert not marker.exists()
 
 
 def test_a_planted_pickle_champion_is_refused_and_never_runs(registered):
@@ -121,9 +110,21 @@ def test_a_planted_pickle_champion_is_refused_and_never_runs(registered):
     assert result.exit_code == 1
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(
-        "error: refusing model models:/fashion-mlp@champion: it is not in MLflow's safe pt2 "
-        "format (its data holds model.pth, pickle_module_info.txt)"
+        "error: refusing model models:/fashion-mlp@champion: not a model fashion-mlp trained "
+        "(unexpected data/model.pth, data/pickle_module_info.txt); loading it could run code"
     )
+    assert not marker.exists()
+
+
+def test_a_planted_code_champion_is_refused_and_never_runs(registered):
+    marker = registered.folder / "payload-ran"
+    plant_code_champion(registered.store, marker)
+    write_params(registered.folder / "params.yaml", registered.params)
+    image = png(registered.folder / "garment.png", TEST_IMAGES[0])
+    result = registered.invoke("predict", str(image))
+    assert result.exit_code == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: refusing model models:/fashion-mlp@champion: ")
     assert not marker.exists()
 
 
@@ -172,7 +173,7 @@ def huge_png() -> bytes:
     )
 
 
-@pytest.mark.slow
+@pytest.mark.server
 def test_mlflow_serves_the_champion_over_http_and_refuses_a_pickle_one(registered):
     """The README's serve command, with pickle loading off: the real champion answers; after a
     pickle model is planted as champion, the server refuses to load it and the payload never

@@ -25,13 +25,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers.data import tiny_params, write_params, write_synthetic_raw
+from helpers.data import sweep_section, tiny_params, write_params, write_synthetic_raw
 from helpers.markers import require
 from helpers.process import CLI, VENV_BIN, free_port, stage_env, wait_until
 from helpers.servers import mlflow_server_command
-from test_sweep import sweep_section
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.ray, pytest.mark.server]
 RAY = str(VENV_BIN / "ray")
 
 
@@ -264,7 +263,7 @@ def test_killing_a_node_mid_sweep_loses_only_its_running_trials(cluster, tmp_pat
     assert len(runs) == 4 and {r.info.status for r in runs.values()} <= {"FINISHED", "FAILED"}
     lost = runs[victim.info.run_id]
     if lost.info.status == "FINISHED":
-        assert int(lost.data.tags["sweep_attempts"]) >= 2
+        assert int(lost.data.tags["fashion_mlp.attempts"]) >= 2
         assert lost.data.tags["ray_node_id"] != cluster.worker_node_id  # finished on the head
     else:
         assert lost.data.tags["sweep_trial_error"]

@@ -38,6 +38,7 @@ def write_overlapping_classes(folder, train_count=6000, test_count=2000, mix=0.1
             (folder / RAW_FILES[f"{split}_{kind}"]).write_bytes(gzip.compress(idx_bytes(array)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hidden", [[256], [256, 128]], ids=["mlp1", "mlp2"])
 def test_fast_trainer_matches_the_textbook_loop_in_test_accuracy(tmp_path, hidden):
     raw = tmp_path / "raw"

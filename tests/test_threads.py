@@ -1,22 +1,20 @@
 """The thread policy: a fair share of the cores per training, and the same weights whatever the
-share (strict MKL numerics), alone, two at once, or with a fixed count."""
+share (strict MKL numerics), alone, two at once, or with a fixed count. The instruction-set half
+of the numerics is tested in test_numerics.py."""
 
-import gzip
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from fashion_mlp.dataset import RAW_FILES
-from fashion_mlp.preprocess import preprocess
+from fashion_mlp.errors import PipelineError
 from fashion_mlp.threads import CoreShare, available_cores, threads_for
-from helpers.data import declared_params, idx_bytes, tiny_params, write_params
 from helpers.process import CLI, stage_env
+from helpers.projects import wide_project as make_wide_project
 
 
 @pytest.mark.parametrize(
@@ -50,6 +48,20 @@ def test_registered_trainings_are_counted_and_a_dead_ones_entry_is_dropped(tmp_p
         assert alone.rebalance(force=True) == available_cores()
 
 
+def test_a_registry_folder_someone_else_can_write_is_refused(tmp_path):
+    """Another local user who could write there could plant a FIFO that froze every
+    training's next check, or register fake trainings to starve it of cores."""
+    registry = tmp_path / "cores"
+    registry.mkdir()
+    registry.chmod(0o777)
+    with pytest.raises(PipelineError, match=r"cores: the training core registry must be a folder"):
+        CoreShare(registry).__enter__()
+    registry.chmod(0o700)
+    os.mkfifo(registry / "planted.training")
+    with CoreShare(registry) as share:  # the FIFO is skipped, never opened for reading
+        assert share.live_trainings() == 1
+
+
 def test_a_fixed_thread_count_is_used_as_given_without_registering(tmp_path):
     with CoreShare(tmp_path / "cores", fixed_threads=1) as share:
         assert share.rebalance(force=True) == 1 and torch.get_num_threads() == 1
@@ -59,26 +71,7 @@ def test_a_fixed_thread_count_is_used_as_given_without_registering(tmp_path):
 
 @pytest.fixture
 def wide_project(tmp_path) -> Path:
-    """Data and a model big enough that MKL splits its matrix products across threads."""
-    rng = np.random.default_rng(0)
-    source = tmp_path / "source"
-    source.mkdir()
-    checksums = {}
-    for split, count in (("train", 2048), ("test", 512)):
-        labels = rng.integers(0, 10, count).astype(np.uint8)
-        images = rng.integers(0, 256, (count, 28, 28)).astype(np.uint8)
-        for kind, array in (("images", images), ("labels", labels)):
-            (source / RAW_FILES[f"{split}_{kind}"]).write_bytes(gzip.compress(idx_bytes(array)))
-            checksums[f"{split}_{kind}"] = "0" * 32  # preprocess reads no checksums
-    params = tiny_params(source, checksums, "sqlite:///mlflow.db")
-    params["train"] |= {"batch_size": 256, "lr": 0.05}
-    # Measured: with 1024 hidden units MKL's default numerics differ between 1 and 2 threads.
-    params["models"]["mlp1"] = {"hidden": [1024], "activation": "relu"}
-    project = tmp_path / "project"
-    project.mkdir()
-    write_params(project / "params.yaml", declared_params(params, "train", "mlp1"))
-    preprocess(source, project / "data/processed")
-    return project
+    return make_wide_project(tmp_path)
 
 
 def train(project: Path, out: str, **env: str) -> subprocess.Popen:
@@ -92,7 +85,9 @@ def train(project: Path, out: str, **env: str) -> subprocess.Popen:
 
 
 def weights(project: Path, out: str) -> dict[str, torch.Tensor]:
-    return torch.load(project / out / "model.pt", weights_only=True)["state_dict"]
+    from safetensors.torch import load_file
+
+    return load_file(project / out / "model.safetensors")
 
 
 @pytest.mark.slow

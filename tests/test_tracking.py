@@ -7,19 +7,23 @@ from pathlib import Path
 
 import pytest
 
+from fashion_mlp.configure import configure
+from fashion_mlp.params import TrackingSettings, load_params
 from fashion_mlp.preprocess import preprocess
-from fashion_mlp.tracking import HTTP_LIMITS, experiment_url, resolve_tracking_uri
+from fashion_mlp.tracking.store import HTTP_LIMITS, experiment_url, resolve_target
 from helpers.data import declared_params, write_params
 from helpers.filesystems import fill, make_read_only, small_tmpfs
 from helpers.process import CLI, free_port, stage_env, train_at_once
 
 
 def test_relative_sqlite_resolves_against_the_root_and_servers_are_left_alone(tmp_path):
-    assert resolve_tracking_uri("sqlite:///mlflow.db", tmp_path) == (
-        f"sqlite:///{tmp_path / 'mlflow.db'}"
-    )
-    assert resolve_tracking_uri("sqlite:////abs/m.db", tmp_path) == "sqlite:////abs/m.db"
-    assert resolve_tracking_uri("http://host:5000", tmp_path) == "http://host:5000"
+    settings = TrackingSettings(experiment="e", tracking_uri="sqlite:///mlflow.db")
+    assert resolve_target(settings, None, tmp_path).uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert resolve_target(settings, "sqlite:////abs/m.db", tmp_path).uri == "sqlite:////abs/m.db"
+    assert resolve_target(settings, "http://host:5000", tmp_path).uri == "http://host:5000"
+    # SQLAlchemy decodes %XX in the URL: the project's own path is written encoded.
+    odd = tmp_path / "x%41y"
+    assert resolve_target(settings, None, odd).uri == f"sqlite:///{tmp_path}/x%2541y/mlflow.db"
 
 
 def test_links_open_the_training_runs_not_the_genai_overview():
@@ -32,9 +36,11 @@ def train_against(
     uri: str, workdir: Path, params: dict, *args: str, **env: str
 ) -> subprocess.CompletedProcess:
     """`fashion-mlp train mlp1` in a fresh process (MLflow's HTTP settings are per process)."""
-    write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
+    write_params(workdir / "params.yaml", params)
     if not (workdir / "data/processed").exists():
         preprocess(params["data"]["local_dir"], workdir / "data/processed")
+        configure(load_params(workdir / "params.yaml"), workdir / "configs")
+    write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
     # stage_env drops MLFLOW_* variables, so our HTTP_LIMITS defaults are what applies.
     env = stage_env(MLFLOW_TRACKING_URI=uri, **env)
     # The timeout only guards the test run against a hang; the bound is in the retry count.
@@ -102,6 +108,7 @@ def test_parallel_stages_on_one_sqlite_store_lose_no_run_and_no_metric_step(work
     params["train"]["epochs"] = 5
     write_params(workdir / "params.yaml", params)
     preprocess(params["data"]["local_dir"], workdir / "data/processed")
+    configure(load_params(workdir / "params.yaml"), workdir / "configs")
     train_at_once(
         [("mlp1", "a"), ("mlp2", "b"), ("mlp1", "c"), ("mlp2", "d")], workdir, stage_env()
     )
@@ -112,7 +119,7 @@ def test_parallel_stages_on_one_sqlite_store_lose_no_run_and_no_metric_step(work
     assert sorted(run.info.run_name for run in runs) == ["mlp1", "mlp1", "mlp2", "mlp2"]
     for run in runs:
         assert run.info.status == "FINISHED"
-        for key in ("train_loss", "train_acc", "test_acc", "epoch_seconds"):
+        for key in ("train_loss", "train_acc", "test_acc", "lr", "epoch_seconds"):
             steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
             assert steps == [1, 2, 3, 4, 5], (run.info.run_name, key)
 
@@ -157,7 +164,7 @@ def test_a_full_disk_under_the_outputs_is_one_line_and_leaves_nothing(workdir, p
         result = train_against(store, workdir, params, "--out-dir", str(small / "mlp1"))
         line = only_line(result)
         assert line == (
-            f"error: {small / 'mlp1' / 'model.pt'}: no space left on the disk holding it; "
+            f"error: {small / 'mlp1' / 'model.safetensors'}: no space left on the disk holding it; "
             "free space and rerun"
         )
         assert [path.name for path in small.rglob("*") if path.is_file()] == []

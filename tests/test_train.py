@@ -11,18 +11,20 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fashion_mlp.artifacts import METRIC_KEYS
+from fashion_mlp.artifacts import HISTORY_KEYS
 from fashion_mlp.cli import app
 from fashion_mlp.errors import PipelineError
 from fashion_mlp.model import build_mlp, load_checkpoint
 from fashion_mlp.params import ModelSpec, TrainParams
 from fashion_mlp.preprocess import preprocess
 from fashion_mlp.splits import Split
-from fashion_mlp.train import fit, make_optimizer, make_schedule, resolve_device
-from helpers.data import declared_params, train_params, write_params
-from helpers.process import CLI
+from fashion_mlp.train import fit, resolve_device
+from helpers.data import declared_params, spec, train_params, write_params
+from helpers.markers import require_gpu
+from helpers.process import CLI, logged_steps, wait_until
 
-SPEC = ModelSpec(hidden=[32], activation="relu", dropout=0.0, batch_norm=False)
+SPEC = spec()
+EPOCH_KEYS = {"epoch", *HISTORY_KEYS, "epoch_seconds"}
 
 
 @pytest.fixture
@@ -51,7 +53,7 @@ def test_loss_falls_when_overfitting_one_small_batch():
 def test_learns_the_synthetic_classes_and_reports_every_metric(splits):
     _, history = run_fit(splits, train_params(epochs=5))
     assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5]
-    assert all(set(row) == {"epoch", *METRIC_KEYS} for row in history)
+    assert all(set(row) == EPOCH_KEYS for row in history)
     assert history[-1]["test_acc"] >= 0.9
     assert history[-1]["train_loss"] < history[0]["train_loss"]
 
@@ -69,19 +71,12 @@ def test_same_seed_gives_identical_weights_and_metrics(splits, optimizer):
     assert other_seed[0]["train_loss"] != first[0]["train_loss"]
 
 
-def test_cosine_schedule_decays_the_learning_rate_to_zero():
-    params = train_params(lr_schedule="cosine", epochs=4)
-    optimizer = make_optimizer(build_mlp(SPEC, 0.01, torch.Generator()), params)
-    schedule = make_schedule(optimizer, params)
-    rates = []
-    for _ in range(params.epochs):
-        rates.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        schedule.step()
-    expected = [0.5 * (1 + math.cos(math.pi * epoch / 4)) / 2 for epoch in range(4)]
-    assert rates == pytest.approx(expected)
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0)
-    assert make_schedule(optimizer, train_params()) is None
+def test_cosine_schedule_steps_once_per_epoch_and_the_history_shows_each_rate(splits):
+    _, history = run_fit(splits, train_params(lr_schedule="cosine", epochs=4, lr=0.4))
+    expected = [0.4 * (1 + math.cos(math.pi * epoch / 4)) / 2 for epoch in range(4)]
+    assert [row["lr"] for row in history] == pytest.approx(expected)
+    _, constant = run_fit(splits, train_params(epochs=2, lr=0.4))
+    assert [row["lr"] for row in constant] == [0.4, 0.4]
 
 
 @pytest.mark.parametrize(
@@ -95,78 +90,103 @@ def test_divergence_stops_naming_the_epoch_and_logs_no_nan(splits, lr, loss):
     assert seen == []
 
 
-def test_cli_train_writes_outputs_and_tracks_the_run_in_mlflow(workdir, params):
+def configured(workdir: Path, params: dict) -> None:
+    """configs/ and the processed data of `params`, as the pipeline makes them."""
+    write_params(workdir / "params.yaml", declared_params(params, "configure"))
+    result = CliRunner().invoke(app, ["configure"])
+    assert result.exit_code == 0, result.output
+    preprocess(params["data"]["local_dir"], workdir / "data/processed")
+
+
+def test_cli_train_writes_outputs_and_tracks_the_run_in_mlflow(workdir, params, monkeypatch):
+    import hashlib
+
     import mlflow
 
     from fashion_mlp.splits import dvc_digests
 
     params["models"]["mlp2"]["lr"] = 0.25
+    configured(workdir, params)
     write_params(workdir / "params.yaml", declared_params(params, "train", "mlp2"))
-    preprocess(params["data"]["local_dir"], workdir / "data/processed")
+    # A sample every 0.05 s: even this short training (and its model export) gets some.
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.05")
     result = CliRunner().invoke(
         app, ["train", "mlp2", "--no-progress"], env={"DVC_STAGE": "train@mlp2"}
     )
     assert result.exit_code == 0, result.output
     assert "mlp2: test accuracy" in result.output
+    assert "mlp2 epoch 2/2: train_loss " in result.output
 
     out = workdir / "models" / "mlp2"
-    model, spec = load_checkpoint(out / "model.pt")
-    assert spec.hidden == [32, 16]
+    assert sorted(path.name for path in out.iterdir()) == ["history.csv", "model.safetensors"]
+    model, model_spec = load_checkpoint(out / "model.safetensors")
+    assert model_spec.hidden == [32, 16]
     with (out / "history.csv").open() as stream:
         rows = list(csv.DictReader(stream))
     assert [row["epoch"] for row in rows] == ["1", "2"]
-    assert list(rows[0]) == ["epoch", *METRIC_KEYS]
+    assert list(rows[0]) == ["epoch", *HISTORY_KEYS]
 
-    run_id = json.loads((out / "run.json").read_text())["run_id"]
     mlflow.set_tracking_uri(params["mlflow"]["tracking_uri"])
-    run = mlflow.get_run(run_id)
+    (run,) = mlflow.search_runs(experiment_names=["fashion-mlp"], output_format="list")
+    run_id = run.info.run_id
     assert run.info.run_name == "mlp2" and run.info.status == "FINISHED"
     assert run.data.params["lr"] == "0.25" and run.data.params["hidden"] == "32,16"
-    assert set(run.data.params) == {"model", "hidden", "activation", *TrainParams.model_fields}
+    assert set(run.data.params) == {"model", *ModelSpec.model_fields, *TrainParams.model_fields}
     tags = run.data.tags
     assert tags["dvc_stage"] == "train@mlp2"
     assert tags["torch_device"] == str(resolve_device("auto"))
-    assert tags["numerics"] == "mkl-strict"
+    assert tags["numerics"] == "aten-avx2 mkl-strict"
+    assert tags["cpu"].endswith(" cores)")
     assert tags["torch_threads"] in {"1", "2"} or "," in tags["torch_threads"]
     assert tags["fashion_mlp.pid"].isdigit() and tags["fashion_mlp.host"]
+    assert (tags["fashion_mlp.model"], tags["fashion_mlp.stage"]) == ("mlp2", "train")
+    weights = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+    assert tags["fashion_mlp.weights_sha256"] == weights
     # The data it trained on, as MLflow dataset inputs with the digests dvc.lock would show.
     folder_md5, file_md5s = dvc_digests(workdir / "data/processed")
     inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
     assert set(inputs) == {"fashion-mnist-train", "fashion-mnist-test"}
     train_input = inputs["fashion-mnist-train"]
-    assert train_input.dataset.digest == file_md5s["train.pt"]
+    assert train_input.dataset.digest == file_md5s["train.safetensors"]
     assert json.loads(train_input.dataset.source)["dvc_md5"] == folder_md5
     assert [(t.key, t.value) for t in train_input.tags] == [("mlflow.data.context", "training")]
     assert json.loads(inputs["fashion-mnist-test"].dataset.profile)["images"] == 100
     client = mlflow.MlflowClient()
-    for key in METRIC_KEYS:
+    for key in (*HISTORY_KEYS, "epoch_seconds"):
         steps = [m.step for m in client.get_metric_history(run_id, key)]
         assert sorted(steps) == [1, 2], key
     final = client.get_metric_history(run_id, "test_acc")[-1].value
     assert final == pytest.approx(float(rows[-1]["test_acc"]))
-    logged = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    assert any(key.startswith("system/cpu_utilization") for key in run.data.metrics)
+    # The model, a LoggedModel named after it, loads and computes what the checkpoint does.
+    (logged,) = client.search_logged_models([run.info.experiment_id])
+    assert (logged.name, logged.source_run_id, logged.status) == ("mlp2", run_id, "READY")
+    assert logged.tags["fashion_mlp.weights_sha256"] == weights
+    network = mlflow.pytorch.load_model(f"models:/{logged.model_id}")
     x = torch.rand(2, 28, 28)
-    torch.testing.assert_close(logged(x), model(x))
+    torch.testing.assert_close(network(x), model(x))
 
 
-def test_cli_train_unknown_model_fails_before_any_work(workdir, params):
-    write_params(workdir / "params.yaml", params)
+def test_cli_train_of_an_unconfigured_model_fails_before_any_work(workdir, params):
+    configured(workdir, params)
     result = CliRunner().invoke(app, ["train", "mlp9"])
     assert result.exit_code == 1
-    assert "no model 'mlp9' under models; known: mlp1, mlp2" in result.stderr
+    assert result.stderr.startswith("error: configs/mlp9.json: not found; run `fashion-mlp")
     assert not (workdir / "models").exists()
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_device_auto_falls_back_to_cpu_and_cuda_without_a_gpu_is_refused():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
     assert resolve_device("auto") == torch.device("cpu")
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(PipelineError, match=r"train.device = 'cuda': no CUDA GPU is available"):
         resolve_device("cuda")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_training_on_the_gpu_learns_like_on_the_cpu(splits):
+    require_gpu()
     params = train_params(epochs=3)
     _, on_cpu = run_fit(splits, params)
     generator = torch.Generator().manual_seed(params.seed)
@@ -176,12 +196,12 @@ def test_training_on_the_gpu_learns_like_on_the_cpu(splits):
 
 
 def test_cli_train_without_tracking_writes_the_model_but_no_run(workdir, params):
+    configured(workdir, params)
     write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
-    preprocess(params["data"]["local_dir"], workdir / "data/processed")
     result = CliRunner().invoke(app, ["train", "mlp1", "--no-progress", "--no-tracking"])
     assert result.exit_code == 0, result.output
     out = workdir / "models" / "mlp1"
-    assert sorted(path.name for path in out.iterdir()) == ["history.csv", "model.pt"]
+    assert sorted(path.name for path in out.iterdir()) == ["history.csv", "model.safetensors"]
     store = params["mlflow"]["tracking_uri"].removeprefix("sqlite:///")
     assert not Path(store).exists()
 
@@ -190,8 +210,8 @@ def start_long_training(workdir: Path, params: dict) -> subprocess.Popen:
     """`fashion-mlp train mlp1` as a process, returned once its second epoch is logged."""
     # Batches of one image: an epoch is hundreds of steps, so a signal lands inside one.
     params["train"] |= {"epochs": 1000, "batch_size": 1}
+    configured(workdir, params)
     write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
-    preprocess(params["data"]["local_dir"], workdir / "data/processed")
     process = subprocess.Popen(
         [CLI, "train", "mlp1", "--no-progress"],
         cwd=workdir,
@@ -200,8 +220,11 @@ def start_long_training(workdir: Path, params: dict) -> subprocess.Popen:
         text=True,
     )
     for line in process.stdout:
-        if "mlp1 epoch 2:" in line:
+        if "mlp1 epoch 2/" in line:
             break
+    # MLflow logs in the background: wait until the store holds the two epochs.
+    store = Path(params["mlflow"]["tracking_uri"].removeprefix("sqlite:///"))
+    wait_until(lambda: logged_steps(store, "test_acc") >= 2, "two logged epochs", None, 60)
     return process
 
 
@@ -225,7 +248,7 @@ def test_interrupt_mid_epoch_leaves_no_output_and_marks_the_run_killed(workdir, 
     assert run.info.status == "KILLED"
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "test_acc")]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 2
-    assert list(out.parent.glob("**/.*.tmp")) == []
+    assert list(workdir.glob("models/**/.*.tmp")) == []
 
 
 @pytest.mark.slow
@@ -242,6 +265,7 @@ def test_a_run_whose_process_was_killed_is_closed_by_the_next_training(workdir, 
     assert orphan.info.status == "RUNNING"
 
     params["train"] |= {"epochs": 1, "batch_size": 32}
+    configured(workdir, params)
     write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
     result = CliRunner().invoke(app, ["train", "mlp1", "--no-progress"])
     assert result.exit_code == 0, result.output
@@ -255,7 +279,7 @@ def test_a_run_whose_process_was_killed_is_closed_by_the_next_training(workdir, 
 def test_cleanup_leaves_runs_of_live_processes_and_other_hosts_alone(workdir, params):
     import mlflow
 
-    from fashion_mlp.tracking import HOST_TAG, PID_TAG, STARTED_TAG, owner_tags
+    from fashion_mlp.tracking.runs import HOST_TAG, PID_TAG, STARTED_TAG, owner_tags
 
     mlflow.set_tracking_uri(params["mlflow"]["tracking_uri"])
     experiment = mlflow.create_experiment("fashion-mlp")
@@ -289,7 +313,7 @@ def test_cleanup_leaves_runs_of_live_processes_and_other_hosts_alone(workdir, pa
 def test_cleanup_fails_the_logged_model_a_killed_run_left_pending(workdir, params):
     import mlflow
 
-    from fashion_mlp.tracking import PID_TAG, owner_tags
+    from fashion_mlp.tracking.runs import PID_TAG, owner_tags
 
     mlflow.set_tracking_uri(params["mlflow"]["tracking_uri"])
     experiment = mlflow.create_experiment("fashion-mlp")
@@ -339,8 +363,8 @@ def reference_training(spec, params, train, test):
     [
         (SPEC, {}),
         (
-            ModelSpec(hidden=[48, 24], activation="relu", dropout=0.2, batch_norm=False),
-            dict(optimizer="adam", lr=0.003, lr_schedule="cosine", weight_decay=1e-4, dropout=0.2),
+            spec([48, 24], dropout=0.2),
+            dict(optimizer="adam", lr=0.003, lr_schedule="cosine", weight_decay=1e-4),
         ),
     ],
     ids=["d2l-sgd", "adam-cosine-dropout"],
@@ -359,6 +383,7 @@ def test_every_option_at_its_neutral_value_trains_exactly_the_plain_loop(splits,
     "option",
     [
         {"batch_norm": True},
+        {"dropout": 0.3},
         {"warmup_epochs": 1},
         {"label_smoothing": 0.1},
         {"ema_decay": 0.9},
@@ -368,9 +393,9 @@ def test_every_option_at_its_neutral_value_trains_exactly_the_plain_loop(splits,
     ids=lambda option: next(iter(option)),
 )
 def test_each_option_changes_training_and_still_learns(splits, option):
-    spec = SPEC.model_copy(update={"batch_norm": option.get("batch_norm", False)})
+    architecture = {key: option.pop(key) for key in ("batch_norm", "dropout") if key in option}
     params = train_params(epochs=4, **option)
-    model, history = run_fit(splits, params, spec)
+    model, history = run_fit(splits, params, SPEC.model_copy(update=architecture))
     baseline, _ = run_fit(splits, train_params(epochs=4))
     weights = [p for p in model.parameters() if p.dim() == 2]
     assert not torch.equal(weights[0], next(baseline.parameters()))
@@ -379,39 +404,32 @@ def test_each_option_changes_training_and_still_learns(splits, option):
     assert history[-1]["test_acc"] >= (0.3 if "augment_shift" in option else 0.9)
 
 
-def test_warm_up_ramps_the_learning_rate_step_by_step_then_hands_over_to_cosine(
-    splits, monkeypatch
-):
-    import fashion_mlp.train as train_module
-
-    optimizers = []
-
-    def remember(model, params):
-        optimizers.append(make_optimizer(model, params))
-        return optimizers[-1]
-
-    monkeypatch.setattr(train_module, "make_optimizer", remember)
-    rates = []
+def test_warm_up_ramps_the_rate_then_hands_over_to_cosine_as_the_history_records(splits):
+    """300 images in batches of 32: 10 steps an epoch. Two epochs of warm-up end at the full
+    rate, step by step (their last steps at 0.2 and 0.4); then cosine over the 2 remaining
+    epochs: the full rate, then half of it."""
     params = train_params(epochs=4, warmup_epochs=2, lr_schedule="cosine", lr=0.4)
-    run_fit(splits, params, on_batch_end=lambda: rates.append(optimizers[0].param_groups[0]["lr"]))
-    steps = len(rates) // 4  # 300 images in batches of 32: 10 steps an epoch
-    assert rates[: 2 * steps] == pytest.approx([0.4 * (i + 1) / (2 * steps) for i in range(20)])
-    # Then cosine over the 2 remaining epochs: the full rate, then half of it.
-    assert rates[2 * steps :] == pytest.approx([0.4] * steps + [0.2] * steps)
+    _, history = run_fit(splits, params)
+    assert [row["lr"] for row in history] == pytest.approx([0.2, 0.4, 0.4, 0.2])
 
 
 def test_weight_averaging_keeps_the_exponential_average_of_the_weights(splits):
-    """ema_decay 0.5 over a run: the kept weights are the average, not the last weights, and
-    averaging by hand over every step's weights gives the same numbers."""
+    """ema_decay 0.5 over a run: the kept weights are the average, not the last weights.
+    torch's AveragedModel starts from the weights after the first step, then averages in each
+    step's weights: doing that by hand gives the same numbers."""
     params = train_params(epochs=1, ema_decay=0.5)
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     model = build_mlp(SPEC, params.init_std, generator)
-    average = [p.detach().clone() for p in model.parameters()]
+    average: list[torch.Tensor] = []
 
     def follow():
-        for mean, live in zip(average, model.parameters(), strict=True):
-            mean.mul_(0.5).add_(live.detach(), alpha=0.5)
+        live = [p.detach() for p in model.parameters()]
+        if not average:
+            average.extend(p.clone() for p in live)
+            return
+        for mean, weight in zip(average, live, strict=True):
+            mean.mul_(0.5).add_(weight, alpha=0.5)
 
     _, kept = fit(model, *splits, params, generator, on_batch_end=follow)
     assert kept is not model

@@ -15,14 +15,12 @@ import numpy as np
 import yaml
 
 from fashion_mlp.dataset import RAW_FILES
-from fashion_mlp.params import TrainParams
+from fashion_mlp.params import RECORDING_KEYS, ModelSpec, TrainParams
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 REAL_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 # Every training option at its neutral value: training as d2l's recipe has it.
 NEUTRAL_OPTIONS = dict(
-    dropout=0.0,
-    batch_norm=False,
     warmup_epochs=0,
     label_smoothing=0.0,
     ema_decay=0.0,
@@ -85,6 +83,13 @@ def tiny_params(raw_source: Path, checksums: dict, tracking_uri: str) -> dict[st
     return params
 
 
+def spec(hidden=(32,), activation="relu", dropout=0.0, batch_norm=False) -> ModelSpec:
+    """A ModelSpec for unit tests: one narrow ReLU layer, no dropout or batch norm."""
+    return ModelSpec(
+        hidden=list(hidden), activation=activation, dropout=dropout, batch_norm=batch_norm
+    )
+
+
 def train_params(**overrides) -> TrainParams:
     """Valid TrainParams for unit tests: small, CPU, seed 0, options neutral; override any key."""
     values = dict(
@@ -113,13 +118,14 @@ def dvc_stages() -> dict[str, Any]:
 
 
 def declared_params(params: dict, stage: str, model: str | None = None) -> dict:
-    """Only the params that dvc.yaml declares for `stage` (for `model`, in foreach stages).
+    """Only the params that dvc.yaml declares for `stage` (for `model`, in foreach stages),
+    plus where runs are recorded (params.RECORDING_KEYS, which no stage declares).
 
     Stages run in tests get these, so a stage that reads an undeclared key (which DVC would not
     track) fails its test.
     """
     pipeline = dvc_stages()[stage]
-    keys = pipeline.get("do", pipeline).get("params", [])
+    keys = [*pipeline.get("do", pipeline).get("params", []), *RECORDING_KEYS]
     subset: dict = {}
     for key in keys:
         path = key.replace("${key}", model or "").split(".")
@@ -129,3 +135,59 @@ def declared_params(params: dict, stage: str, model: str | None = None) -> dict:
             target = target.setdefault(part, {})
         target[path[-1]] = copy.deepcopy(source[path[-1]])
     return subset
+
+
+def declared_leaves(pipeline: Path, stage: str, params: dict, model: str | None = None) -> set:
+    """The leaf keys of `params` that a stage of `pipeline` declares (a section declared whole
+    stands for every leaf under it), as DVC names them: `train.lr`, `data.urls`."""
+    definition = yaml.safe_load(Path(pipeline).read_text())["stages"][stage]
+    declared = definition.get("do", definition).get("params", [])
+    leaves = set()
+    for key in declared:
+        if isinstance(key, dict):
+            continue  # another params file's keys
+        key = key.replace("${key}", model or "")
+        value = params
+        for part in key.split("."):
+            value = value[part]
+        leaves |= set(_leaves(key, value))
+    return leaves
+
+
+def _leaves(prefix: str, value: Any) -> list[str]:
+    if isinstance(value, dict) and value:
+        return [leaf for key, inner in value.items() for leaf in _leaves(f"{prefix}.{key}", inner)]
+    return [prefix]
+
+
+def sweep_section(*variants: dict, **changes) -> dict:
+    """A two-trial sweep over the tiny data: lr and width drawn, `variants` as a grid."""
+    section = {
+        "name": "tiny-search",
+        "trials": 2,
+        "seed": 0,
+        "validation_size": 100,
+        "max_concurrent_trials": 1,
+        "cpus_per_trial": 1,
+        "scheduler": {"grace_period": 1, "reduction_factor": 2},
+        "base": {"hidden": [32], "activation": "relu", "epochs": 4},
+        "space": {
+            "lr": {"loguniform": [0.2, 0.6]},
+            "hidden": {"choice": [[32], [48]]},
+            # Grid points run in order: good ones first, so ASHA has a yardstick for the bad.
+            "variant": {"grid": list(variants or [{}, {"lr": 1e-6}])},
+        },
+    }
+    return section | changes
+
+
+def isolate(monkeypatch, folder: Path) -> None:
+    """Run in `folder`, with no tracking, DVC, thread or Ray settings leaking in from outside;
+    trainings register in a private core registry."""
+    import os
+
+    monkeypatch.chdir(folder)
+    for variable in list(os.environ):
+        if variable.startswith(("MLFLOW_", "DVC_", "FASHION_MLP_", "RAY_ADDRESS")):
+            monkeypatch.delenv(variable)
+    monkeypatch.setenv("FASHION_MLP_CORE_REGISTRY", str(folder.parent / "cores"))

@@ -28,7 +28,20 @@ def _imported(nodes: list[ast.AST]) -> set[str]:
 
 
 def module_file(source_root: Path, module: str) -> Path:
-    return source_root / (module.replace(".", "/") + ".py")
+    path = source_root / module.replace(".", "/")
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def _with_packages(modules: set[str], source_root: Path) -> set[str]:
+    """Importing `a.b.c` runs the `__init__.py` of the packages `a.b` on the way (if any)."""
+    found = set(modules)
+    for module in modules:
+        parts = module.split(".")
+        for depth in range(2, len(parts)):
+            package = ".".join(parts[:depth])
+            if (source_root / package.replace(".", "/") / "__init__.py").exists():
+                found.add(package)
+    return found
 
 
 def command_closure(source_root: Path, command: str) -> set[Path]:
@@ -58,5 +71,6 @@ def command_closure(source_root: Path, command: str) -> set[Path]:
         if module in closure:
             continue
         closure.add(module)
-        modules |= _imported([ast.parse(module_file(source_root, module).read_text())])
-    return {module_file(source_root, module) for module in closure}
+        imported = _imported([ast.parse(module_file(source_root, module).read_text())])
+        modules |= _with_packages(imported, source_root)
+    return {module_file(source_root, module) for module in _with_packages(closure, source_root)}

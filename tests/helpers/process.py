@@ -8,6 +8,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,6 +39,21 @@ def wait_until(
         if time.monotonic() > deadline:
             pytest.fail(f"{what} did not start in {seconds} s:\n{tail}")
         time.sleep(0.5)
+
+
+def logged_steps(database: Path, metric: str) -> int:
+    """How many steps of `metric` a SQLite store holds, read with plain sqlite3 (MLflow's own
+    client would run the store's migrations, racing the process that creates it)."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
+            (count,) = connection.execute(
+                "SELECT COUNT(*) FROM metrics WHERE key = ?", (metric,)
+            ).fetchone()
+    except sqlite3.Error:
+        return 0  # not created yet
+    return count
 
 
 def responds(url: str) -> bool:
@@ -91,3 +107,18 @@ def train_at_once(runs: list[tuple[str, str]], cwd: Path, env: dict[str, str]) -
     for process in processes:
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, stderr
+
+
+def heavy_modules_loaded(project: Any, *command: str) -> set[str]:
+    """Run a CLI command in a fresh interpreter; which of torch and mlflow it imported."""
+    script = (
+        "import sys; from typer.testing import CliRunner; from fashion_mlp.cli import app; "
+        f"result = CliRunner().invoke(app, {list(command)!r}); "
+        "assert result.exit_code == 0, result.output; "
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'mlflow'})))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=project.folder, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return set(done.stdout.split())
