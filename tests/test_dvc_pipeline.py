@@ -28,6 +28,8 @@ from helpers.process import run
 from helpers.projects import make_project, stages_run
 
 pytestmark = pytest.mark.dvc
+# What the browser drew, for a person to look at after a run.
+PLOTS_SCREENSHOT = Path("/tmp/fashion-mlp-dvc-plots.png")
 
 
 def edit_params(project: Path, edit) -> None:
@@ -101,7 +103,6 @@ def test_full_repro_tracks_both_models_in_one_store(reproduced):
             "test_acc",
             "test_loss",
         }
-    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], reproduced))
     shown = metrics[""]["data"]
     assert {"metrics/mlp1.json", "metrics/mlp2.json"} <= set(shown)
@@ -110,22 +111,48 @@ def test_full_repro_tracks_both_models_in_one_store(reproduced):
 @pytest.mark.browser
 def test_the_readme_journey_in_a_real_browser(reproduced, tmp_path):
     """Open the training runs in the MLflow UI, select mlp1 and mlp2, press Compare: the
-    compare view shows each one's last test accuracy (Chromium, driven by Playwright)."""
+    compare view shows each one's test accuracy beside its name; the Models tab lists both
+    models by name with their test accuracy (Chromium, driven by Playwright)."""
     import mlflow
 
-    from helpers.browser import CHROMIUM, compare_runs, mlflow_ui
+    from helpers.browser import CHROMIUM, mlflow_ui, walk_the_readme
 
     require(CHROMIUM.exists(), f"{CHROMIUM} not installed (apt-get install chromium)")
     store = reproduced / "mlflow.db"
     experiment = mlflow.MlflowClient(f"sqlite:///{store}").get_experiment_by_name("fashion-mlp")
     with mlflow_ui(store) as url:
-        shown = compare_runs(url, experiment.experiment_id, ["mlp1", "mlp2"], "test_acc", tmp_path)
+        journey = walk_the_readme(
+            url, experiment.experiment_id, ["mlp1", "mlp2"], "test_acc", tmp_path
+        )
     for model in ("mlp1", "mlp2"):
-        history = (reproduced / f"models/{model}/history.csv").read_text().splitlines()
-        last_test_acc = float(history[-1].split(",")[3])
-        assert float(shown[model]) == pytest.approx(last_test_acc, abs=1e-3), shown
-    for picture in ("runs.png", "compare.png"):
+        test_acc = json.loads((reproduced / f"metrics/{model}.json").read_text())["test_acc"]
+        assert float(journey.compared[model]) == pytest.approx(test_acc, abs=1e-3), journey
+        assert float(journey.models[model]) == pytest.approx(test_acc, abs=1e-4), journey
+    assert journey.beside_its_name, "test_acc is not on screen beside its name"
+    for picture in ("runs.png", "compare.png", "models.png"):
         assert (tmp_path / picture).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.browser
+def test_dvc_plots_render_in_a_browser_with_the_network_cut_off(project, tmp_path):
+    """`dvc plots show` writes a page that draws every plot with no network (the project's
+    template inlines Vega); DVC's default page, which loads Vega from a CDN, draws nothing."""
+    from dvc_render.html import PAGE_HTML
+
+    from helpers.browser import CHROMIUM, charts_drawn_offline
+
+    require(CHROMIUM.exists(), f"{CHROMIUM} not installed (apt-get install chromium)")
+    run(["dvc", "plots", "show", "-o", "ours"], project)
+    plots = 2 + 3 * 2  # loss and accuracy; per model its curve, per-class bars and confusion
+    assert charts_drawn_offline(project / "ours/index.html", tmp_path / "plots.png") == plots
+    shutil.copy(tmp_path / "plots.png", PLOTS_SCREENSHOT)
+    (tmp_path / "cdn.html").write_text(PAGE_HTML)
+    run(
+        ["dvc", "plots", "show", "-o", "cdn", "--html-template", str(tmp_path / "cdn.html")],
+        project,
+    )
+    drawn = charts_drawn_offline(project / "cdn/index.html", tmp_path / "cdn.png", 3_000)
+    assert drawn == 0
 
 
 def test_dvc_plots_draws_every_model_on_shared_axes_and_each_confusion_matrix(reproduced):

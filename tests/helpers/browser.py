@@ -1,6 +1,7 @@
 """The README's MLflow journey in a real browser: Debian's Chromium driven by Playwright.
 
-Open the experiment's training runs, select two runs, press Compare, read a metric for both.
+Open the experiment's training runs, select two runs, press Compare, read a metric for both
+beside its name, then the Models tab; and DVC's plot page with the network cut off.
 Used by tests/test_dvc_pipeline.py on the store `dvc repro` filled, and run as a script to take
 the README's screenshots of the project's own store:
 
@@ -8,10 +9,13 @@ the README's screenshots of the project's own store:
 """
 
 import argparse
+import contextlib
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the `helpers` package importable
@@ -61,33 +65,66 @@ def mlflow_ui(store: Path) -> Iterator[str]:
 
 # The compare view's metrics are a virtualised grid: names in one column, values in another
 # grid whose cells sit at the same height (style.top) as their name, one per run, left to right.
+# The name and the values must also be on screen at the same height: MLflow 3.17 scrolls the
+# two grids apart, so a metric far down the list shows beside the wrong name.
 METRIC_CELLS = """(metric) => {
   const link = [...document.querySelectorAll('a')].find(a => a.textContent.trim() === metric);
   const nameCell = link.parentElement, top = nameCell.style.top;
   const grids = [...document.querySelectorAll('.ReactVirtualized__Grid__innerScrollContainer')];
   const values = grids[grids.indexOf(nameCell.parentElement) + 1];
+  const middle = (cell) => {
+    const box = cell.getBoundingClientRect();
+    return box.top + box.height / 2;
+  };
+  const visible = (cell) => {
+    const box = cell.getBoundingClientRect();
+    const grid = cell.closest('.ReactVirtualized__Grid').getBoundingClientRect();
+    return box.top >= grid.top - 1 && box.bottom <= grid.bottom + 1 && box.bottom <= innerHeight;
+  };
   return [...values.children].filter(cell => cell.style.top === top)
     .sort((a, b) => parseFloat(a.style.left) - parseFloat(b.style.left))
-    .map(cell => cell.textContent.trim());
+    .map(cell => ({
+      value: cell.textContent.trim(),
+      beside: Math.abs(middle(cell) - middle(nameCell)) < 2 && visible(cell) && visible(nameCell),
+    }));
+}"""
+# The Models tab is an ag-grid: each row's cells by column id (pinned and scrolled parts).
+MODEL_ROWS = """() => {
+  const rows = {};
+  for (const row of document.querySelectorAll('.ag-row')) {
+    const index = row.getAttribute('row-index');
+    const cells = [...row.querySelectorAll('[role=gridcell]')];
+    rows[index] = Object.assign(rows[index] || {},
+      Object.fromEntries(cells.map(c => [c.getAttribute('col-id'), c.textContent.trim()])));
+  }
+  return Object.values(rows);
 }"""
 
 
-def compare_runs(
-    url: str, experiment_id: str, runs: list[str], metric: str, screenshots: Path
-) -> dict[str, str]:
-    """Walk the README's journey; return the compare view's `metric` cell for each run name.
+@dataclass
+class Journey:
+    compared: dict[str, str]  # run name -> the compare view's cell of the metric
+    beside_its_name: bool  # every one of those cells on screen, level with the metric's name
+    models: dict[str, str]  # LoggedModel name -> its metric in the Models tab
 
-    Saves `runs.png` (the training runs, both selected) and `compare.png` (the compare view
-    at the metric's row) in `screenshots`.
+
+def walk_the_readme(
+    url: str, experiment_id: str, runs: list[str], metric: str, screenshots: Path
+) -> Journey:
+    """Walk the README's journey: the training runs, two ticked, Compare, then the Models tab.
+
+    Saves `runs.png` (the training runs, both selected), `compare.png` (the compare view at the
+    metrics) and `models.png` (the Models tab) in `screenshots`.
     """
     from playwright.sync_api import sync_playwright
 
     screenshots.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page = browser.new_page(viewport={"width": 1600, "height": 900})
         # The link README and `make ui` give: the training runs, not the GenAI overview.
-        page.goto(f"{url}/#/experiments/{experiment_id}?workflowType=machine_learning")
+        training = f"{url}/#/experiments/{experiment_id}?workflowType=machine_learning"
+        page.goto(training)
         for name in runs:
             link = page.get_by_role("link", name=name, exact=True).first
             link.wait_for(timeout=60_000)
@@ -98,19 +135,67 @@ def compare_runs(
             close.first.click()  # the assistant panel, to see the whole table
         page.screenshot(path=str(screenshots / "runs.png"))
         page.get_by_role("button", name="Compare", exact=True).click()
-        metric_name = page.get_by_text(metric, exact=True).first
-        metric_name.wait_for(timeout=60_000)
+        page.get_by_text(metric, exact=True).first.wait_for(timeout=60_000)
         page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
-        # Scroll the page to the metrics table, not inside it: its name and value columns are
-        # separate grids that MLflow 3.17 scrolls independently (a wheel over the values moves
-        # them alone), which would misalign the picture.
+        # Scroll the page so the metrics table is in view, not the table itself.
         page.get_by_text("Metrics", exact=True).first.scroll_into_view_if_needed()
         page.screenshot(path=str(screenshots / "compare.png"))
         names = page.locator("tr", has=page.get_by_text("Run Name:", exact=True)).first
         name_cells = [cell.strip() for cell in names.locator("td").all_inner_texts()]
-        value_cells = page.evaluate(METRIC_CELLS, metric)
+        cells = page.evaluate(METRIC_CELLS, metric)
+
+        page.goto(training)
+        page.get_by_role("link", name="Models", exact=True).first.click()
+        page.locator(".ag-row").first.wait_for(timeout=60_000)
+        page.get_by_text(metric, exact=True).first.wait_for(timeout=60_000)
+        page.screenshot(path=str(screenshots / "models.png"))
+        models = {}
+        for row in page.evaluate(MODEL_ROWS):
+            name = next(
+                (re.sub(r"^#[0-9a-f]{6}", "", v) for k, v in row.items() if k == "name"), ""
+            )
+            value = next(
+                (
+                    v
+                    for k, v in row.items()
+                    if f'"metricKey":"{metric}"' in k.replace("&quot;", '"')
+                ),
+                "",
+            )
+            if name:
+                models[name] = value
         browser.close()
-    return dict(zip(name_cells, value_cells, strict=True))
+    return Journey(
+        compared=dict(zip(name_cells, [cell["value"] for cell in cells], strict=True)),
+        beside_its_name=bool(cells) and all(cell["beside"] for cell in cells),
+        models=models,
+    )
+
+
+def charts_drawn_offline(page_file: Path, screenshot: Path, patience_ms: int = 30_000) -> int:
+    """Open an HTML file with every network request refused; how many Vega charts it drew
+    (waiting up to `patience_ms` for the first)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        context.route(
+            "**/*",
+            lambda route: (
+                route.continue_() if route.request.url.startswith("file:") else route.abort()
+            ),
+        )
+        page = context.new_page()
+        page.goto(page_file.resolve().as_uri())
+        # Nothing drawn is a result too: the count below says so.
+        with contextlib.suppress(PlaywrightTimeout):
+            page.locator(".vega-embed .marks").first.wait_for(timeout=patience_ms)
+        page.screenshot(path=str(screenshot), full_page=False)
+        drawn = page.locator(".vega-embed .marks").count()
+        browser.close()
+    return drawn
 
 
 def main() -> None:
@@ -125,10 +210,10 @@ def main() -> None:
     client = mlflow.MlflowClient(f"sqlite:///{args.store.resolve()}")
     experiment = client.get_experiment_by_name(args.experiment)
     with mlflow_ui(args.store) as url:
-        values = compare_runs(
+        journey = walk_the_readme(
             url, experiment.experiment_id, args.runs.split(","), "test_acc", args.out
         )
-    print(values)
+    print(journey)
 
 
 if __name__ == "__main__":

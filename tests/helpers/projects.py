@@ -57,5 +57,7 @@ def make_project(folder: Path, params: dict) -> Path:
     write_params(folder / "params.yaml", params)
     run(["git", "init", "-q"], folder)
     run(["dvc", "init", "-q"], folder)
+    # The project's DVC settings (autostage, the offline plot page) and plot templates.
+    shutil.copy(PROJECT_ROOT / ".dvc/config", folder / ".dvc/config")
     shutil.copytree(PROJECT_ROOT / ".dvc/plots", folder / ".dvc/plots")
     return folder

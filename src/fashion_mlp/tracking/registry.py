@@ -13,6 +13,7 @@ with a `code` folder and a loader of its own, would run whatever its author put 
 moment it is loaded, and a tracking server is not a place to trust.
 """
 
+import json
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from fashion_mlp.tracking.runs import FILES_TAG, MODEL_TAG, TrainedRun, files_di
 from fashion_mlp.tracking.store import Store, translated
 
 CHAMPION_ALIAS = "champion"
+VERSIONS_TAG = "mlflow.modelVersions"
 # What `mlflow.pytorch.log_model(..., serialization_format="pt2")` writes for our networks.
 MODEL_FILES = {
     "MLmodel",
@@ -89,6 +91,12 @@ class Registry:
             model_id=trained.model_id,
         )
         client.set_registered_model_alias(self.name, CHAMPION_ALIAS, version.version)
+        # The LoggedModel lists its registry versions (the Models tab's "Registered models"),
+        # as MLflow's own register_model records them.
+        logged = client.get_logged_model(trained.model_id)
+        versions = json.loads(logged.tags.get(VERSIONS_TAG, "[]"))
+        versions.append({"name": self.name, "version": version.version})
+        client.set_logged_model_tags(trained.model_id, {VERSIONS_TAG: json.dumps(versions)})
         return ChampionVersion(
             self.name, int(version.version), trained.model_id, trained.run_id, created=True
         )

@@ -36,10 +36,9 @@ HTTP_LIMITS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
 }
-# MLflow 3's UI opens an experiment on its GenAI overview unless the experiment says it holds
-# classic training (the UI reads this tag; `?workflowType=machine_learning` in a link also works).
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-MODEL_TRAINING = "custom_model_development"
+# MLflow 3.17's UI opens an experiment on its GenAI overview unless the link asks for the training
+# runs. Its experiment tag `mlflow.experimentKind` does not choose the view in 3.17: the UI's
+# GenAI / Model training switch is always on there, and the link's workflowType decides.
 TRAINING_VIEW = "?workflowType=machine_learning"
 
 Method = TypeVar("Method", bound=Callable[..., Any])
@@ -95,7 +94,7 @@ def experiment_url(server: str, experiment_id: str) -> str:
 
 class Store:
     """One process's connection to the tracking store: the MLflow client and the experiment id
-    (the experiment is created on first use, tagged as model training)."""
+    (the experiment is created on first use)."""
 
     def __init__(self, target: TrackingTarget, create_experiment: bool = True):
         self.target = target
@@ -197,9 +196,7 @@ class Store:
 
         try:
             client.create_experiment(
-                self.target.experiment,
-                artifact_location=self.target.artifact_location,
-                tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING},
+                self.target.experiment, artifact_location=self.target.artifact_location
             )
         except MlflowException as err:
             # Another stage created it since we looked: a server has no lock file for this.

@@ -1,8 +1,8 @@
 """team-setup: prepare a shared, authenticated MLflow server for a team.
 
 Run once by the server's admin (MLFLOW_TRACKING_USERNAME/PASSWORD of the admin account), after
-the team members' accounts exist. Creates the experiment (params `mlflow.experiment`, tagged as
-model training) and the registered model of the same name, both owned by the admin, and grants
+the team members' accounts exist. Creates the experiment (params `mlflow.experiment`) and the
+registered model of the same name, both owned by the admin, and grants
 each listed user EDIT on both: they can log runs, register versions and move the `champion`
 alias, but not delete the experiment or the model. Without this step the first member whose
 stage creates the experiment would own it, and everyone else (READ by default) would be locked
