@@ -155,9 +155,9 @@ def _save_split(folder, images, labels, split="train"):
         (
             torch.rand(10, 28, 28),
             torch.arange(10),
-            "images are torch.float32, expected torch.uint8",
+            "images are float32, expected uint8",
         ),
-        (torch.full((10, 28, 28), float("nan")), torch.arange(10), "images are torch.float32"),
+        (torch.full((10, 28, 28), float("nan")), torch.arange(10), "images are float32"),
         (torch.zeros(10, 28, 28, dtype=torch.uint8), torch.arange(10) + 5, "labels range 5..14"),
         (torch.zeros(10, 28, 28, dtype=torch.uint8), -torch.arange(10), "labels range -9..0"),
         (torch.zeros(10, 784, dtype=torch.uint8), torch.arange(10), "shape (10, 784), expected N"),
@@ -165,7 +165,7 @@ def _save_split(folder, images, labels, split="train"):
         (
             torch.zeros(10, 28, 28, dtype=torch.uint8),
             torch.arange(10).int(),
-            "labels are torch.int32",
+            "labels are int32",
         ),
     ],
     ids=["float-0-1", "nan", "labels-above-9", "negative-labels", "flat", "count", "int32"],
@@ -211,7 +211,7 @@ def test_float_images_stop_the_train_stage_before_any_training(workdir, params):
     result = CliRunner().invoke(app, ["train", "mlp1", "--no-progress", "--no-tracking"])
     assert result.exit_code == 1
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("error: data/processed/train.safetensors: images are torch.float32")
+    assert line.startswith("error: data/processed/train.safetensors: images are float32")
     assert not (workdir / "models").exists()
 
 

@@ -118,8 +118,21 @@ def test_cli_train_writes_outputs_and_tracks_the_run_in_mlflow(workdir, params, 
     assert "mlp2 epoch 2/2: train_loss " in result.output
 
     out = workdir / "models" / "mlp2"
-    assert sorted(path.name for path in out.iterdir()) == ["history.csv", "model.safetensors"]
+    assert sorted(path.name for path in out.iterdir()) == [
+        "history.csv",
+        "model.safetensors",
+        "test_logits.safetensors",
+    ]
     model, model_spec = load_checkpoint(out / "model.safetensors")
+    # The logits evaluate reads are the saved model's own, on the test split.
+    from safetensors.numpy import load_file
+
+    from fashion_mlp.model import as_inputs, predict_logits
+    from fashion_mlp.splits import load_split
+
+    logits = load_file(out / "test_logits.safetensors")["logits"]
+    test = load_split(workdir / "data/processed", "test")
+    assert torch.equal(torch.from_numpy(logits), predict_logits(model, as_inputs(test.images)))
     assert model_spec.hidden == [32, 16]
     with (out / "history.csv").open() as stream:
         rows = list(csv.DictReader(stream))
@@ -201,7 +214,7 @@ def test_cli_train_without_tracking_writes_the_model_but_no_run(workdir, params)
     result = CliRunner().invoke(app, ["train", "mlp1", "--no-progress", "--no-tracking"])
     assert result.exit_code == 0, result.output
     out = workdir / "models" / "mlp1"
-    assert sorted(path.name for path in out.iterdir()) == ["history.csv", "model.safetensors"]
+    assert {"history.csv", "model.safetensors"} <= {path.name for path in out.iterdir()}
     store = params["mlflow"]["tracking_uri"].removeprefix("sqlite:///")
     assert not Path(store).exists()
 

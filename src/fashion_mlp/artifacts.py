@@ -3,6 +3,8 @@
     configs/MODEL.json            the model's effective params (`configure`; read by `train`)
     models/MODEL/model.safetensors  the trained weights and architecture (`train`; model.py)
     models/MODEL/history.csv      one row per epoch (`train`; a DVC plot)
+    models/MODEL/test_logits.safetensors  the trained model's logits for every test image
+                                  (`train`, which has the model in memory; read by `evaluate`)
     metrics/MODEL.json            the evaluation metrics (`evaluate`; metrics.py)
     evaluation/MODEL/             per-class accuracy, predictions, confusion matrix (`evaluate`)
 
@@ -18,16 +20,23 @@ import csv
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from fashion_mlp.atomic import write_text_atomic
+from fashion_mlp.dataset import NUM_CLASSES
 from fashion_mlp.errors import PipelineError
 from fashion_mlp.params import ModelSpec, RunConfig, TrainParams
 from fashion_mlp.tables import csv_text
 
 MODEL_FILE = "model.safetensors"
 HISTORY_FILE = "history.csv"
+TEST_LOGITS_FILE = "test_logits.safetensors"
+# A checkpoint is a safetensors file whose one metadata entry describes it (safetensors keeps
+# metadata as a map of strings; one key keeps the header's bytes in a fixed order).
+CHECKPOINT_KEY = "fashion_mlp"
+CHECKPOINT_FORMAT = 1
 # The per-epoch numbers history.csv keeps, after `epoch`: the same keys go to MLflow (step =
 # epoch), to the DVC plots and into the comparison. MLflow also gets each epoch's wall-clock
 # seconds, which no file keeps (they differ on every run).
@@ -81,6 +90,69 @@ def read_history(path: Path) -> list[EpochMetrics]:
     if not history or set(history[0]) != {"epoch", *HISTORY_KEYS}:
         raise PipelineError(f"{path}: not a history file of epochs; retrain the model")
     return history
+
+
+def checkpoint_metadata(spec: ModelSpec) -> dict[str, str]:
+    """The metadata of a checkpoint of a model of architecture `spec`."""
+    description = {"format": CHECKPOINT_FORMAT, "model_spec": spec.model_dump()}
+    return {CHECKPOINT_KEY: json.dumps(description, sort_keys=True)}
+
+
+def checkpoint_spec(metadata: dict[str, str] | None) -> ModelSpec:
+    """The architecture a checkpoint's metadata describes; ValueError if it is not ours."""
+    try:
+        description = json.loads((metadata or {})[CHECKPOINT_KEY])
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise ValueError("no fashion-mlp description in its metadata") from None
+    if not isinstance(description, dict) or description.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError("not a checkpoint format this version reads")
+    try:
+        return ModelSpec.model_validate(description["model_spec"])
+    except (KeyError, ValidationError) as err:
+        raise ValueError(f"its architecture: {' '.join(str(err).split())[:100]}") from None
+
+
+def read_checkpoint_spec(path: Path) -> ModelSpec:
+    """A checkpoint's architecture, read from its header without loading a tensor (or torch)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="np") as opened:
+            return checkpoint_spec(opened.metadata())
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found; run `fashion-mlp train` first") from None
+    except (SafetensorError, OSError, ValueError) as err:
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise PipelineError(f"{path}: not a fashion-mlp checkpoint ({reason}); retrain") from None
+
+
+def logits_bytes(logits: Any) -> bytes:
+    """test_logits.safetensors' content: an N x 10 float32 array."""
+    from safetensors.numpy import save
+
+    return save({"logits": logits})
+
+
+def read_test_logits(path: Path) -> Any:
+    """The test logits `train` wrote, as a numpy array (no torch)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    path = Path(path)
+    try:
+        logits = load(path.read_bytes())["logits"]
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found; run `fashion-mlp train` first") from None
+    except (SafetensorError, KeyError, ValueError) as err:
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise PipelineError(f"{path}: not test logits ({reason}); retrain the model") from None
+    if logits.ndim != 2 or logits.shape[1] != NUM_CLASSES or logits.dtype.name != "float32":
+        raise PipelineError(
+            f"{path}: logits of shape {tuple(logits.shape)} and type {logits.dtype.name}, "
+            f"expected N x {NUM_CLASSES} float32; retrain the model"
+        )
+    return logits
 
 
 def weights_digest(path: Path) -> str:

@@ -135,9 +135,9 @@ def friendly_errors(command: Command) -> Command:
     return wrapper  # type: ignore[return-value]
 
 
-def _store(params_file: Path, create_experiment: bool = True) -> Any:
+def _store(params_file: Path, create_experiment: bool = True, connect_now: bool = True) -> Any:
     """The tracking store of params `mlflow` (or --tracking-uri / MLFLOW_TRACKING_URI), its
-    connection started in the background."""
+    connection started in the background (`connect_now`), or at its first use."""
     from fashion_mlp.params import load_params
     from fashion_mlp.tracking.store import Store, resolve_target
 
@@ -145,7 +145,8 @@ def _store(params_file: Path, create_experiment: bool = True) -> Any:
     root = chosen.root or Path(params_file).resolve().parent
     target = resolve_target(load_params(params_file).tracking, chosen.tracking_uri, root)
     store = Store(target, create_experiment=create_experiment)
-    store.connect_in_background()
+    if connect_now:
+        store.connect_in_background()
     return store
 
 
@@ -237,7 +238,8 @@ def train(
     from fashion_mlp.tracking.runs import NullRuns, Runs
     from fashion_mlp.train import train_model
 
-    runs = Runs(_store(params_file)) if tracking else NullRuns()
+    # The run's own background thread connects once torch is loaded (train.train_model).
+    runs = Runs(_store(params_file, connect_now=False)) if tracking else NullRuns()
     config = config or config_path(CONFIGS_DIR, model)
     run_config = read_run_config(config)
     if run_config.name != model:

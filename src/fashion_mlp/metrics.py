@@ -1,10 +1,10 @@
 """The evaluation metrics registry, and the metrics file (`metrics/MODEL.json`) that holds them.
 
-Each entry is computed by `evaluate` on the test split and goes, under its own name, to every
-sink: the DVC metrics file (so `dvc metrics show` and `dvc exp show` list it), the model's
-MLflow run and LoggedModel, and the comparison report. Adding a metric is one entry in
-EVALUATION_METRICS. torch is used inside the functions only: `compare` and `register` read the
-names and the file without loading torch.
+Each entry is computed by `evaluate` from the trained model's test logits and goes, under its
+own name, to every sink: the DVC metrics file (so `dvc metrics show` and `dvc exp show` list
+it), the model's MLflow run and LoggedModel, and the comparison report. Adding a metric is one
+entry in EVALUATION_METRICS. The functions take numpy arrays: no stage that reads metrics loads
+torch.
 """
 
 import json
@@ -20,18 +20,21 @@ from fashion_mlp.errors import PipelineError
 @dataclass(frozen=True)
 class EvaluationMetric:
     description: str
-    compute: Callable[[Any, Any], float]  # (logits N x 10, labels N) -> value
+    compute: Callable[[Any, Any], float]  # (logits N x 10, labels N), numpy arrays -> value
     higher_is_better: bool
 
 
 def _accuracy(logits: Any, labels: Any) -> float:
-    return (logits.argmax(dim=1) == labels).double().mean().item()
+    return float((logits.argmax(axis=1) == labels).mean())
 
 
 def _cross_entropy(logits: Any, labels: Any) -> float:
-    from torch.nn import functional as F
+    """Mean negative log-softmax of the true class, in float64 (log-sum-exp, shifted)."""
+    import numpy as np
 
-    return F.cross_entropy(logits, labels).item()
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    log_softmax = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-log_softmax[np.arange(len(labels)), labels].mean())
 
 
 EVALUATION_METRICS: dict[str, EvaluationMetric] = {

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fashion_mlp.artifacts import checkpoint_metadata, checkpoint_spec
 from fashion_mlp.atomic import write_bytes_atomic
 from fashion_mlp.dataset import IN_FEATURES, NUM_CLASSES
 from fashion_mlp.errors import PipelineError
@@ -25,10 +26,6 @@ from fashion_mlp.nonlinearities import activation_layer
 from fashion_mlp.params import ModelSpec
 
 EVAL_BATCH_SIZE = 8192
-# The one metadata key of our checkpoints (safetensors stores metadata as a map of strings; one
-# key keeps the header's bytes in a fixed order).
-METADATA_KEY = "fashion_mlp"
-CHECKPOINT_FORMAT = 1
 
 
 def build_mlp(spec: ModelSpec, init_std: float, generator: torch.Generator) -> nn.Sequential:
@@ -63,11 +60,10 @@ def checkpoint_bytes(model: nn.Module, spec: ModelSpec) -> bytes:
     """The checkpoint file's content: the same weights and architecture give the same bytes."""
     from safetensors.torch import save
 
-    description = {"format": CHECKPOINT_FORMAT, "model_spec": spec.model_dump()}
     state = {
         name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()
     }
-    return save(state, metadata={METADATA_KEY: json.dumps(description, sort_keys=True)})
+    return save(state, metadata=checkpoint_metadata(spec))
 
 
 def save_checkpoint(model: nn.Module, spec: ModelSpec, path: Path) -> None:
@@ -87,10 +83,7 @@ def load_checkpoint(path: Path) -> tuple[nn.Sequential, ModelSpec]:
     except IsADirectoryError:
         raise PipelineError(f"{path}: is a folder, expected a checkpoint file") from None
     try:
-        description = json.loads(_metadata(content)[METADATA_KEY])
-        if description.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"checkpoint format {description.get('format')!r}")
-        spec = ModelSpec.model_validate(description["model_spec"])
+        spec = checkpoint_spec(_metadata(content))
         model = build_mlp(spec, init_std=1.0, generator=torch.Generator())
         model.load_state_dict(load(content))
     except (SafetensorError, KeyError, TypeError, ValueError, RuntimeError) as err:
@@ -100,7 +93,7 @@ def load_checkpoint(path: Path) -> tuple[nn.Sequential, ModelSpec]:
     return model, spec
 
 
-def _metadata(content: bytes) -> dict[str, str]:
+def _metadata(content: bytes) -> dict[str, str] | None:
     """The safetensors header's metadata (an 8-byte length, then a JSON header), read from the
     bytes without loading a tensor."""
     if len(content) < 8:
@@ -109,7 +102,4 @@ def _metadata(content: bytes) -> dict[str, str]:
     if size > len(content) - 8:
         raise ValueError("the header is longer than the file")
     header = json.loads(content[8 : 8 + size])
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    if not isinstance(metadata, dict):
-        raise ValueError("no metadata")
-    return metadata
+    return header.get("__metadata__") if isinstance(header, dict) else None

@@ -9,15 +9,15 @@ would silently train to chance accuracy, labels out of range would fail deep ins
 stops a stage at once with one line naming the file and what is wrong.
 
 `carve_validation` splits a seeded validation set off the training images: the sweep and the
-preset search select on it and never see the test split.
+preset search select on it and never see the test split. torch is imported inside the functions
+that need it: `evaluate` reads the test labels (`load_arrays`) without loading torch.
 """
 
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from fashion_mlp.atomic import write_bytes_atomic
 from fashion_mlp.dataset import IMAGE_SHAPE, MAX_IMAGES, NUM_CLASSES
@@ -28,13 +28,13 @@ RERUN_HINT = "rerun `fashion-mlp preprocess` (or `dvc repro preprocess`)"
 
 @dataclass(frozen=True)
 class Split:
-    images: torch.Tensor  # uint8, N x 28 x 28
-    labels: torch.Tensor  # int64, N
+    images: Any  # torch.Tensor, uint8, N x 28 x 28
+    labels: Any  # torch.Tensor, int64, N
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, indices: torch.Tensor) -> "Split":
+    def subset(self, indices: Any) -> "Split":
         return Split(images=self.images[indices], labels=self.labels[indices])
 
 
@@ -53,9 +53,18 @@ def save_split(data: Split, path: Path) -> None:
 
 
 def load_split(processed_dir: Path, split: str) -> Split:
-    """Load and check one split; anything but what `preprocess` writes is a PipelineError."""
+    """Load and check one split as torch tensors (see `load_arrays`)."""
+    import torch
+
+    images, labels = load_arrays(processed_dir, split)
+    return Split(images=torch.from_numpy(images), labels=torch.from_numpy(labels))
+
+
+def load_arrays(processed_dir: Path, split: str) -> tuple[Any, Any]:
+    """One split's (images, labels) as numpy arrays, checked: anything but what `preprocess`
+    writes is a PipelineError."""
     from safetensors import SafetensorError
-    from safetensors.torch import load
+    from safetensors.numpy import load
 
     path = split_path(processed_dir, split)
     try:
@@ -73,21 +82,21 @@ def load_split(processed_dir: Path, split: str) -> Split:
         )
     images, labels = saved["images"], saved["labels"]
     check_split(path, images, labels)
-    return Split(images=images, labels=labels)
+    return images, labels
 
 
-def check_split(path: Path, images: object, labels: object) -> None:
+def check_split(path: Path, images: Any, labels: Any) -> None:
     def refuse(problem: str) -> PipelineError:
         return PipelineError(f"{path}: {problem}; {RERUN_HINT}")
 
-    if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
-        raise refuse("images and labels must be tensors")
-    if images.dtype != torch.uint8:
-        raise refuse(f"images are {images.dtype}, expected torch.uint8 pixels 0-255")
-    if images.dim() != 3 or tuple(images.shape[1:]) != IMAGE_SHAPE:
+    if images.dtype.name != "uint8":
+        raise refuse(f"images are {images.dtype.name}, expected uint8 pixels 0-255")
+    if images.ndim != 3 or tuple(images.shape[1:]) != IMAGE_SHAPE:
         raise refuse(f"images have shape {tuple(images.shape)}, expected N x 28 x 28")
-    if labels.dtype != torch.int64 or labels.dim() != 1:
-        raise refuse(f"labels are {labels.dtype} of shape {tuple(labels.shape)}, expected int64 N")
+    if labels.dtype.name != "int64" or labels.ndim != 1:
+        raise refuse(
+            f"labels are {labels.dtype.name} of shape {tuple(labels.shape)}, expected int64 N"
+        )
     if len(labels) != len(images):
         raise refuse(f"{len(labels)} labels for {len(images)} images")
     if not 0 < len(labels) <= MAX_IMAGES:
@@ -99,6 +108,8 @@ def check_split(path: Path, images: object, labels: object) -> None:
 
 def carve_validation(train: Split, size: int, seed: int) -> tuple[Split, Split]:
     """(rest, validation): `size` training images drawn by `seed`, each part in file order."""
+    import torch
+
     if not 0 < size < len(train):
         raise PipelineError(
             f"validation size {size} must be between 1 and {len(train) - 1} "

@@ -2,12 +2,13 @@
 
 Reads `configs/MODEL.json` (the model's effective params, written by `configure`) and
 `data/processed/{train,test}.safetensors`. Writes to `models/MODEL/`: `model.safetensors` (the
-weights with the architecture) and `history.csv` (one row per epoch: the DVC plot). Both are
-functions of the inputs only, and both are replaced together, after the MLflow run ended
-FINISHED, or not at all. The MLflow run is named after the model; it holds every effective
-param, the per-epoch metrics (step = epoch, wall-clock seconds included), the data it used (as
-dataset inputs, with DVC's digests), the machine's numerics, system metrics and the model, a
-LoggedModel named after it.
+weights with the architecture), `history.csv` (one row per epoch: the DVC plot) and
+`test_logits.safetensors` (the model's logits for every test image, which `evaluate` turns into
+its metrics). All are functions of the inputs only, and all are replaced together, after the
+MLflow run ended FINISHED, or not at all. The MLflow run is named after the model; it holds
+every effective param, the per-epoch metrics (step = epoch, wall-clock seconds included), the
+data it used (as dataset inputs, with DVC's digests), the machine's numerics, system metrics
+and the model, a LoggedModel named after it.
 
     fashion-mlp train mlp1 --config configs/mlp1.json --data-dir data/processed \
         --out-dir models/mlp1
@@ -15,17 +16,25 @@ LoggedModel named after it.
 `fit` is the pure core (no files, no MLflow, no terminal); `train_model` does the I/O around it.
 """
 
-import hashlib
 import math
 import time
 from collections.abc import Callable, Mapping
+from hashlib import sha256
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fashion_mlp.artifacts import HISTORY_FILE, HISTORY_KEYS, MODEL_FILE, EpochMetrics, history_csv
+from fashion_mlp.artifacts import (
+    HISTORY_FILE,
+    HISTORY_KEYS,
+    MODEL_FILE,
+    TEST_LOGITS_FILE,
+    EpochMetrics,
+    history_csv,
+    logits_bytes,
+)
 from fashion_mlp.atomic import atomic_paths
 from fashion_mlp.augment import augment
 from fashion_mlp.dataset import NUM_CLASSES
@@ -221,14 +230,21 @@ def train_model(
     splits = {"train": load_split(data_dir, "train"), "test": load_split(data_dir, "test")}
     model, generator = seeded_model(config.model, params)
     model = model.to(device)
+    # torch imports its compiler (about 1 s of Python) at the first optimizer step. Importing it
+    # here, before the run opens, keeps it from contending for the GIL with MLflow's import and
+    # store setup, which then overlap the epochs, whose matrix products release the GIL.
+    import torch._dynamo  # noqa: F401
+
     out_dir = Path(out_dir)
+    outputs = [out_dir / name for name in (MODEL_FILE, HISTORY_FILE, TEST_LOGITS_FILE)]
     steps = math.ceil(len(splits["train"]) / params.batch_size)
     with (
-        atomic_paths(out_dir / MODEL_FILE, out_dir / HISTORY_FILE) as (weights_file, history_file),
+        atomic_paths(*outputs) as (weights_file, history_file, logits_file),
         runs.start(config.name, TRAIN_STAGE, config.flat(), run_tags, system_metrics=True) as run,
         EpochProgress(config.name, params.epochs, steps, show_progress) as progress,
     ):
-        run.log_datasets(dataset_records(data_dir, splits, tags.get("git_commit")))
+        labels = {split: data.labels for split, data in splits.items()}
+        run.log_datasets(dataset_records(data_dir, labels, tags.get("git_commit")))
 
         def on_epoch_end(metrics: EpochMetrics) -> None:
             run.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, metrics["epoch"])
@@ -251,9 +267,13 @@ def train_model(
         kept = kept.cpu()
         run.set_tags({"torch_threads": cores.describe()})
         content = checkpoint_bytes(kept, config.model)
-        example = as_inputs(splits["test"].images[:5]).numpy()
-        digest = hashlib.sha256(content).hexdigest()
-        run.log_model(kept, example, config.name, params.epochs, digest)
+        test_inputs = as_inputs(splits["test"].images)
+        logits = predict_logits(kept, test_inputs).numpy()
+        # Last: MLflow exports the model with torch.export, whose tracer intercepts every module
+        # call in the process while it runs, so nothing else may run the model meanwhile.
+        digest = sha256(content).hexdigest()
+        run.log_model(kept, test_inputs[:5].numpy(), config.name, params.epochs, digest)
         weights_file.write_bytes(content)
         history_file.write_text(history_csv(history), encoding="utf-8")
+        logits_file.write_bytes(logits_bytes(logits))
     return history

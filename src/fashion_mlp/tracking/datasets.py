@@ -7,16 +7,18 @@ hash and the git commit.
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from fashion_mlp.dataset import IMAGE_SHAPE
-from fashion_mlp.splits import Split, dvc_digests, split_path
+from fashion_mlp.splits import dvc_digests, split_path
 from fashion_mlp.tracking.runs import DatasetRecord, TensorShape
 
 CONTEXTS = {"train": "training", "validation": "validation", "test": "testing"}
 
 
-def dataset_records(data_dir: Path, splits: Mapping[str, Split], commit: str | None) -> list:
-    """The processed splits as MLflow dataset inputs, digested as DVC digests them."""
+def dataset_records(data_dir: Path, labels: Mapping[str, Any], commit: str | None) -> list:
+    """The processed splits (by their labels: a tensor or an array) as MLflow dataset inputs,
+    digested as DVC digests them."""
     folder_md5, file_md5s = dvc_digests(data_dir)
     return [
         DatasetRecord(
@@ -30,8 +32,8 @@ def dataset_records(data_dir: Path, splits: Mapping[str, Split], commit: str | N
             },
             features=TensorShape("uint8", (-1, *IMAGE_SHAPE)),
             targets=TensorShape("int64", (-1,)),
-            profile={"images": len(data), "classes": int(data.labels.max()) + 1},
+            profile={"images": len(data), "classes": int(data.max()) + 1},
             context=CONTEXTS[split],
         )
-        for split, data in splits.items()
+        for split, data in labels.items()
     ]
