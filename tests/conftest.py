@@ -20,16 +20,16 @@ from fashion_mlp.numerics import NUMERICS_ENV
 for _variable, _value in NUMERICS_ENV.items():
     os.environ.setdefault(_variable, _value)
 
-from fashion_mlp.cli import app  # noqa: E402
-from fashion_mlp.numerics import reproducible_numerics  # noqa: E402
-from helpers.data import (  # noqa: E402
+from fashion_mlp.cli import app
+from fashion_mlp.numerics import reproducible_numerics
+from helpers.data import (
     declared_params,
     isolate,
     tiny_params,
     write_params,
     write_synthetic_raw,
 )
-from helpers.servers import TeamServer, mlflow_team_server, postgres_cluster  # noqa: E402
+from helpers.servers import TeamServer, mlflow_team_server, postgres_cluster
 
 reproducible_numerics()
 

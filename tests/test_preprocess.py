@@ -199,14 +199,13 @@ def test_a_file_that_is_not_a_split_at_all_is_refused(tmp_path):
 
 def test_float_images_stop_the_train_stage_before_any_training(workdir, params):
     """Images already scaled to [0, 1] used to train to chance accuracy (0.10) with exit 0."""
-    from fashion_mlp.configure import configure
-    from fashion_mlp.params import load_params
     from helpers.data import declared_params, write_params
+    from helpers.projects import configure_models
 
     _save_split(workdir / "data/processed", torch.rand(300, 28, 28), torch.arange(300) % 10)
     zeros = torch.zeros(100, 28, 28, dtype=torch.uint8)
     _save_split(workdir / "data/processed", zeros, torch.arange(100) % 10, split="test")
-    configure(load_params(write_params(workdir / "params.yaml", params)), workdir / "configs")
+    configure_models(write_params(workdir / "params.yaml", params), workdir / "configs")
     write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
     result = CliRunner().invoke(app, ["train", "mlp1", "--no-progress", "--no-tracking"])
     assert result.exit_code == 1

@@ -14,13 +14,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fashion_mlp.configure import configure
-from fashion_mlp.params import load_params
 from fashion_mlp.preprocess import preprocess
 from helpers.data import synthetic_split, tiny_params, write_params, write_synthetic_raw
 from helpers.plants import plant_pickle_champion
 from helpers.process import CLI, run, stage_env, train_at_once
-from helpers.projects import make_project, stages_run
+from helpers.projects import configure_models, make_project, stages_run
 from helpers.servers import TeamServer, environment
 
 pytestmark = pytest.mark.server
@@ -213,7 +211,7 @@ def test_parallel_stages_share_one_new_experiment_on_the_server(team_server, tmp
     params["mlflow"]["experiment"] = "parallel-on-a-fresh-server"
     write_params(tmp_path / "params.yaml", params)
     preprocess(tmp_path / "source", tmp_path / "data/processed")
-    configure(load_params(tmp_path / "params.yaml"), tmp_path / "configs")
+    configure_models(tmp_path / "params.yaml", tmp_path / "configs")
     env = team_server.credentials(member, password)
     train_at_once([("mlp1", copy) for copy in ("a", "b", "c")], tmp_path, stage_env(**env))
     with environment(env):

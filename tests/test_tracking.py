@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from fashion_mlp.configure import configure
-from fashion_mlp.params import TrackingSettings, load_params
+from fashion_mlp.params import TrackingSettings
 from fashion_mlp.preprocess import preprocess
 from fashion_mlp.tracking.store import HTTP_LIMITS, experiment_url, resolve_target
 from helpers.data import declared_params, write_params
 from helpers.filesystems import fill, make_read_only, small_tmpfs
 from helpers.process import CLI, free_port, stage_env, train_at_once
+from helpers.projects import configure_models
 
 
 def test_relative_sqlite_resolves_against_the_root_and_servers_are_left_alone(tmp_path):
@@ -39,7 +39,7 @@ def train_against(
     write_params(workdir / "params.yaml", params)
     if not (workdir / "data/processed").exists():
         preprocess(params["data"]["local_dir"], workdir / "data/processed")
-        configure(load_params(workdir / "params.yaml"), workdir / "configs")
+        configure_models(workdir / "params.yaml", workdir / "configs")
     write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
     # stage_env drops MLFLOW_* variables, so our HTTP_LIMITS defaults are what applies.
     env = stage_env(MLFLOW_TRACKING_URI=uri, **env)
@@ -108,7 +108,7 @@ def test_parallel_stages_on_one_sqlite_store_lose_no_run_and_no_metric_step(work
     params["train"]["epochs"] = 5
     write_params(workdir / "params.yaml", params)
     preprocess(params["data"]["local_dir"], workdir / "data/processed")
-    configure(load_params(workdir / "params.yaml"), workdir / "configs")
+    configure_models(workdir / "params.yaml", workdir / "configs")
     train_at_once(
         [("mlp1", "a"), ("mlp2", "b"), ("mlp1", "c"), ("mlp2", "d")], workdir, stage_env()
     )

@@ -449,3 +449,74 @@ def test_weight_averaging_keeps_the_exponential_average_of_the_weights(splits):
     for mean, kept_weight, live in zip(average, kept.parameters(), model.parameters(), strict=True):
         torch.testing.assert_close(kept_weight, mean)
         assert not torch.equal(kept_weight, live)
+
+
+@pytest.mark.slow
+def test_a_config_rewritten_while_training_runs_fails_the_stage_and_writes_nothing(
+    workdir, params
+):
+    """Two `dvc exp run` in one workspace: the second rewrites params.yaml and configs/ while
+    the first trains. The first must not write a model that matches neither config."""
+    import mlflow
+
+    params["train"] |= {"epochs": 3, "batch_size": 1}
+    configured(workdir, params)
+    write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
+    process = subprocess.Popen(
+        [CLI, "train", "mlp1", "--no-progress"],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in process.stdout:
+        if "mlp1 epoch 1/" in line:
+            break
+    params["train"]["lr"] = 0.01  # what the other experiment's configure writes
+    configured(workdir, params)
+    _, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 1
+    assert "configs/mlp1.json changed while this stage ran" in stderr.strip().splitlines()[-1]
+    out = workdir / "models" / "mlp1"
+    assert not out.exists() or list(out.iterdir()) == []
+    mlflow.set_tracking_uri(params["mlflow"]["tracking_uri"])
+    (run,) = mlflow.search_runs(experiment_names=["fashion-mlp"], output_format="list")
+    assert run.info.status == "FAILED"
+
+
+def test_outputs_are_replaced_together_or_the_old_ones_stay(workdir, params, monkeypatch):
+    """A failure while the new files move in (here: the last of the three) puts back the ones
+    already moved, so a new model never sits beside an old history or old logits."""
+    import os
+
+    import mlflow
+
+    import fashion_mlp.atomic
+
+    params["train"]["epochs"] = 1
+    configured(workdir, params)
+    write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
+    assert CliRunner().invoke(app, ["train", "mlp1", "--no-progress"]).exit_code == 0
+    out = workdir / "models" / "mlp1"
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+
+    real_replace = os.replace
+
+    def failing_replace(source, target):
+        new_file = Path(source).parent.name.endswith(".tmp")  # not the old one set aside
+        if new_file and Path(source).name == "test_logits.safetensors":
+            raise PermissionError(13, "Permission denied", str(target))
+        real_replace(source, target)
+
+    monkeypatch.setattr(fashion_mlp.atomic.os, "replace", failing_replace)
+    params["train"]["lr"] = 0.05
+    configured(workdir, params)
+    result = CliRunner().invoke(app, ["train", "mlp1", "--no-progress"])
+
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "error: models/mlp1/test_logits.safetensors: Permission denied"
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    mlflow.set_tracking_uri(params["mlflow"]["tracking_uri"])
+    newest, first = mlflow.search_runs(experiment_names=["fashion-mlp"], output_format="list")
+    assert (newest.info.status, first.info.status) == ("FAILED", "FINISHED")

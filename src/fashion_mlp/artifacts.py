@@ -167,5 +167,38 @@ def weights_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+class InputSnapshot:
+    """What a stage's input files (params.yaml, a config) held when it read them, to check
+    right before it replaces its outputs. DVC cannot stop two runs in one workspace (`dvc exp
+    run -S` rewrites params.yaml before anything runs); a stage whose inputs changed meanwhile
+    would write outputs that match neither version, and DVC would record the new params beside
+    them."""
+
+    def __init__(self, *paths: Path):
+        self._digests = {Path(path): _digest_or_none(Path(path)) for path in paths}
+
+    def extended(self, *paths: Path) -> "InputSnapshot":
+        """This snapshot and, as they are now, `paths`."""
+        snapshot = InputSnapshot(*paths)
+        snapshot._digests = {**self._digests, **snapshot._digests}
+        return snapshot
+
+    def verify(self) -> None:
+        for path, digest in self._digests.items():
+            if _digest_or_none(path) != digest:
+                raise PipelineError(
+                    f"{path} changed while this stage ran (another run in this workspace?); "
+                    "nothing was written. Run experiments side by side with `dvc exp run "
+                    "--queue` and `dvc queue start -j N`, each in its own copy"
+                )
+
+
+def _digest_or_none(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
 def write_json(path: Path, content: dict) -> None:
     write_text_atomic(Path(path), json.dumps(content, indent=2, sort_keys=True) + "\n")

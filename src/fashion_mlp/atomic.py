@@ -21,8 +21,13 @@ from fashion_mlp.errors import PipelineError
 @contextmanager
 def atomic_paths(*targets: Path) -> Iterator[list[Path]]:
     """A temporary path for each target, with the target's own file name, in a hidden folder
-    beside it; all renamed onto their targets only if the block succeeds. Otherwise they are
-    removed and the targets stay as they were."""
+    beside it; all moved onto their targets only if the block succeeds. Otherwise they are
+    removed and the targets stay as they were.
+
+    The targets are replaced together: each one in place is first set aside, then the new files
+    move in; if any move fails, the ones moved are taken back and the old files restored, so a
+    stage never leaves a new model beside an old history.
+    """
     targets = tuple(Path(target) for target in targets)
     folders, temporaries, created = [], [], []
     succeeded = False
@@ -34,8 +39,7 @@ def atomic_paths(*targets: Path) -> Iterator[list[Path]]:
             folders.append(folder)
             temporaries.append(folder / target.name)
         yield temporaries
-        for temporary, target in zip(temporaries, targets, strict=True):
-            os.replace(temporary, target)
+        _replace_together(temporaries, targets, folders)
         succeeded = True
     except (OSError, RuntimeError) as err:
         # torch and safetensors report a failed write as RuntimeError.
@@ -52,6 +56,27 @@ def atomic_paths(*targets: Path) -> Iterator[list[Path]]:
             for folder in reversed(created):
                 with contextlib.suppress(OSError):
                     folder.rmdir()
+
+
+def _replace_together(temporaries: list[Path], targets: tuple[Path, ...], folders: list) -> None:
+    """Move each temporary onto its target; all of them, or (restoring the old) none."""
+    set_aside: list[tuple[Path, Path]] = []
+    moved: list[Path] = []
+    try:
+        for target, folder in zip(targets, folders, strict=True):
+            if target.exists() or target.is_symlink():
+                kept = folder / f".{target.name}.old"
+                os.replace(target, kept)
+                set_aside.append((kept, target))
+        for temporary, target in zip(temporaries, targets, strict=True):
+            os.replace(temporary, target)
+            moved.append(target)
+    except OSError:
+        for target in moved:
+            target.unlink(missing_ok=True)
+        for kept, target in set_aside:
+            os.replace(kept, target)
+        raise
 
 
 def _make_folders(folder: Path) -> list[Path]:

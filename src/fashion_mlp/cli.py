@@ -196,10 +196,12 @@ def configure(
     out_dir: ConfigsDirOption = CONFIGS_DIR,
 ) -> None:
     """Write each model's effective params (params `train` with its `models` entry applied)."""
+    from fashion_mlp.artifacts import InputSnapshot
     from fashion_mlp.configure import configure as write_configs
     from fashion_mlp.params import load_params
 
-    configs = write_configs(load_params(params_file), out_dir)
+    inputs = InputSnapshot(params_file)
+    configs = write_configs(load_params(params_file), out_dir, inputs)
     typer.echo(f"{out_dir}: {', '.join(config.name for config in configs)}")
 
 
@@ -233,7 +235,7 @@ def train(
     ] = None,
 ) -> None:
     """Train one MLP and record params, per-epoch metrics, its data and the model in MLflow."""
-    from fashion_mlp.artifacts import config_path, read_run_config
+    from fashion_mlp.artifacts import InputSnapshot, config_path, read_run_config
     from fashion_mlp.threads import CoreShare
     from fashion_mlp.tracking.runs import NullRuns, Runs
     from fashion_mlp.train import train_model
@@ -241,6 +243,7 @@ def train(
     # The run's own background thread connects once torch is loaded (train.train_model).
     runs = Runs(_store(params_file, connect_now=False)) if tracking else NullRuns()
     config = config or config_path(CONFIGS_DIR, model)
+    inputs = InputSnapshot(config)
     run_config = read_run_config(config)
     if run_config.name != model:
         raise PipelineError(
@@ -259,6 +262,7 @@ def train(
         runs,
         tags={key: value for key, value in tags.items() if value},
         cores=CoreShare(fixed_threads=threads),
+        inputs=inputs,
         show_progress=progress,
     )
     last = history[-1]
@@ -328,15 +332,17 @@ def register(
     out: Annotated[Path, typer.Option(help="champion summary")] = REPORTS_DIR / "champion.json",
 ) -> None:
     """Register the declared champion (params mlflow.champion) with the alias `champion`."""
+    from fashion_mlp.artifacts import InputSnapshot
     from fashion_mlp.params import load_params
     from fashion_mlp.register import register_champion
     from fashion_mlp.tracking.registry import Registry, champion_uri
     from fashion_mlp.tracking.runs import Runs
 
+    inputs = InputSnapshot(params_file)
     champion = load_params(params_file).champion
     store = _store(params_file, create_experiment=False)
     version = register_champion(
-        champion, models_dir, metrics_dir, out, Runs(store), Registry(store)
+        champion, models_dir, metrics_dir, out, Runs(store), Registry(store), inputs
     )
     change = "now points at" if version.created else "already pointed at"
     typer.echo(

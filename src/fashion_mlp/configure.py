@@ -11,15 +11,17 @@ that model only. The files are written with sorted keys: the same params give th
 
 from pathlib import Path
 
-from fashion_mlp.artifacts import config_path, config_text
+from fashion_mlp.artifacts import InputSnapshot, config_path, config_text
 from fashion_mlp.atomic import atomic_folder
 from fashion_mlp.params import Params, RunConfig
 
 
-def configure(params: Params, out_dir: Path) -> list[RunConfig]:
-    """Validate every model's params and write `out_dir` afresh (all files or none)."""
+def configure(params: Params, out_dir: Path, inputs: InputSnapshot) -> list[RunConfig]:
+    """Validate every model's params and write `out_dir` afresh (all files or none), unless
+    `inputs` (the params file) changed meanwhile."""
     configs = params.run_configs()
     with atomic_folder(Path(out_dir)) as staging:
         for config in configs:
             config_path(staging, config.name).write_text(config_text(config), encoding="utf-8")
+        inputs.verify()
     return configs

@@ -27,6 +27,7 @@ import numpy as np
 from fashion_mlp.artifacts import (
     MODEL_FILE,
     TEST_LOGITS_FILE,
+    InputSnapshot,
     read_checkpoint_spec,
     read_test_logits,
     weights_digest,
@@ -124,6 +125,9 @@ def evaluate_model(
     """Evaluate the trained model's test logits, write the metrics and pictures, and add them to
     its MLflow run."""
     model_file = Path(model_dir) / MODEL_FILE
+    # A train of this model running meanwhile (two runs in one workspace) could replace the
+    # weights between reading them and their logits.
+    inputs = InputSnapshot(model_file, Path(model_dir) / TEST_LOGITS_FILE)
     spec = read_checkpoint_spec(model_file)
     digest = weights_digest(model_file)
     logits = read_test_logits(Path(model_dir) / TEST_LOGITS_FILE)
@@ -144,5 +148,6 @@ def evaluate_model(
         staged_metrics.write_text(metrics_text(evaluation.metrics), encoding="utf-8")
         files = dict(zip(EVALUATION_FILES, staged_files, strict=True))
         write_evaluation(files, title, evaluation, labels)
+        inputs.verify()
         runs.log_evaluation(trained, evaluation.metrics, test_record, staged, "evaluation")
     return evaluation.metrics

@@ -16,18 +16,30 @@ Then: `fashion-mlp predict image.png`, or `fashion-mlp serve`.
 
 from pathlib import Path
 
-from fashion_mlp.artifacts import MODEL_FILE, weights_digest, write_json
+from fashion_mlp.artifacts import MODEL_FILE, InputSnapshot, weights_digest, write_json
 from fashion_mlp.metrics import read_metrics
 from fashion_mlp.tracking.registry import ChampionVersion, Registry
 from fashion_mlp.tracking.runs import Runs
 
 
 def register_champion(
-    champion: str, models_dir: Path, metrics_dir: Path, out: Path, runs: Runs, registry: Registry
+    champion: str,
+    models_dir: Path,
+    metrics_dir: Path,
+    out: Path,
+    runs: Runs,
+    registry: Registry,
+    inputs: InputSnapshot,
 ) -> ChampionVersion:
-    digest = weights_digest(Path(models_dir) / champion / MODEL_FILE)
-    metrics = read_metrics(Path(metrics_dir) / f"{champion}.json")
+    """Promote the champion's run; `inputs` (the params file that named it) must not have
+    changed since it was read, nor the model and metrics since they are read here."""
+    model_file = Path(models_dir) / champion / MODEL_FILE
+    metrics_file = Path(metrics_dir) / f"{champion}.json"
+    inputs = inputs.extended(model_file, metrics_file)
+    digest = weights_digest(model_file)
+    metrics = read_metrics(metrics_file)
     trained = runs.trained(champion, digest, evaluated=True)
+    inputs.verify()
     version = registry.promote(trained)
     write_json(Path(out), {"model": champion, "weights_sha256": digest, **metrics})
     return version

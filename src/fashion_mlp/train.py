@@ -32,6 +32,7 @@ from fashion_mlp.artifacts import (
     MODEL_FILE,
     TEST_LOGITS_FILE,
     EpochMetrics,
+    InputSnapshot,
     history_csv,
     logits_bytes,
 )
@@ -214,9 +215,12 @@ def train_model(
     runs: Runs | NullRuns,
     tags: Mapping[str, str],
     cores: CoreShare,
+    inputs: InputSnapshot,
     show_progress: bool = True,
 ) -> list[EpochMetrics]:
-    """Train `config`'s model on the processed data, track it in `runs`, write `out_dir`."""
+    """Train `config`'s model on the processed data, track it in `runs`, write `out_dir`,
+    unless `inputs` (the files `config` came from) changed meanwhile: then nothing is written
+    and the run fails."""
     from fashion_mlp.progress import EpochProgress
 
     params = config.train
@@ -238,9 +242,10 @@ def train_model(
     out_dir = Path(out_dir)
     outputs = [out_dir / name for name in (MODEL_FILE, HISTORY_FILE, TEST_LOGITS_FILE)]
     steps = math.ceil(len(splits["train"]) / params.batch_size)
+    # The outputs move in before the run ends, so a run that could not write them ends FAILED.
     with (
-        atomic_paths(*outputs) as (weights_file, history_file, logits_file),
         runs.start(config.name, TRAIN_STAGE, config.flat(), run_tags, system_metrics=True) as run,
+        atomic_paths(*outputs) as (weights_file, history_file, logits_file),
         EpochProgress(config.name, params.epochs, steps, show_progress) as progress,
     ):
         labels = {split: data.labels for split, data in splits.items()}
@@ -273,6 +278,7 @@ def train_model(
         # call in the process while it runs, so nothing else may run the model meanwhile.
         digest = sha256(content).hexdigest()
         run.log_model(kept, test_inputs[:5].numpy(), config.name, params.epochs, digest)
+        inputs.verify()
         weights_file.write_bytes(content)
         history_file.write_text(history_csv(history), encoding="utf-8")
         logits_file.write_bytes(logits_bytes(logits))

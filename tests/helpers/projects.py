@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fashion_mlp.artifacts import InputSnapshot
 from fashion_mlp.configure import configure
 from fashion_mlp.dataset import RAW_FILES
 from fashion_mlp.params import load_params
@@ -35,10 +36,15 @@ def wide_project(tmp_path: Path) -> Path:
     params["models"]["mlp1"] = {"hidden": [1024], "activation": "relu"}
     project = tmp_path / "project"
     project.mkdir()
-    configure(load_params(write_params(project / "params.yaml", params)), project / "configs")
+    configure_models(write_params(project / "params.yaml", params), project / "configs")
     write_params(project / "params.yaml", declared_params(params, "train", "mlp1"))
     preprocess(source, project / "data/processed")
     return project
+
+
+def configure_models(params_file: Path, configs_dir: Path) -> None:
+    """What `fashion-mlp configure` does, in this process."""
+    configure(load_params(params_file), configs_dir, InputSnapshot(params_file))
 
 
 def stages_run(output: str) -> set[str]:
