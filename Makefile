@@ -7,9 +7,9 @@ DATASET_DIR := /usr/share/datasets/fashion-mnist
 MLFLOW_PORT ?= 5000
 # The versions every test and figure here came from; `make constraints` refreshes them.
 CONSTRAINTS := constraints.txt
-# Debian packages the tests use: PostgreSQL (team server), Chromium (browser test), iproute2
-# (the Ray cluster test's network namespace).
-TEST_PACKAGES := postgresql chromium iproute2
+# Debian packages the tests use: PostgreSQL (team server), nginx and openssl (its TLS proxy and
+# certificates), Chromium (browser test), iproute2 (the Ray cluster test's network namespace).
+TEST_PACKAGES := postgresql chromium iproute2 nginx openssl
 
 .PHONY: help install constraints data test-deps repro results sweep test test-fast bench lint format ui clean
 

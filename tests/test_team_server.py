@@ -1,11 +1,15 @@
-"""The team setup: an authenticated `mlflow server` on PostgreSQL, the pipeline unchanged.
+"""The team setup: an authenticated `mlflow server` on PostgreSQL behind nginx with TLS, the
+pipeline unchanged.
 
 One server (basic-auth, PostgreSQL for runs and for users, artifacts proxied) serves the whole
-test session (conftest's `team_server`). Each test uses its own experiment name. Skipped where
-PostgreSQL is not installed, except under CI (`make test` installs it).
+test session (conftest's `team_server`), reached only through deploy/nginx-mlflow.conf over
+HTTPS, with the certificate verified through MLFLOW_TRACKING_SERVER_CERT_PATH. Each test uses
+its own experiment name. Skipped where PostgreSQL or nginx is not installed, except under CI
+(`make test` installs them).
 """
 
 import json
+import ssl
 import subprocess
 import urllib.error
 import urllib.request
@@ -29,10 +33,12 @@ def configure_and_preprocess(project: Path, source: Path) -> None:
     run([CLI, "preprocess", "--raw-dir", str(source)], project)
 
 
-def team_project(tmp_path: Path, experiment: str) -> Path:
+def team_project(tmp_path: Path, experiment: str, **models: dict) -> Path:
+    """A project tracking into `experiment`, champion mlp1; `models` replace tiny ones."""
     checksums = write_synthetic_raw(tmp_path / "source")
     params = tiny_params(tmp_path / "source", checksums, "sqlite:///mlflow.db")
     params["mlflow"] |= {"experiment": experiment, "champion": "mlp1"}
+    params["models"] |= models
     return make_project(tmp_path / "project", params)
 
 
@@ -56,8 +62,9 @@ def request(server: TeamServer, method: str, path: str, body: dict | None = None
         headers["Authorization"] = f"Basic {token}"
     data = json.dumps(body).encode() if body is not None else None
     call = urllib.request.Request(server.uri + path, data=data, method=method, headers=headers)
+    context = ssl.create_default_context(cafile=str(server.ca_certificate))
     try:
-        with urllib.request.urlopen(call, timeout=10) as response:
+        with urllib.request.urlopen(call, timeout=10, context=context) as response:
             return response.status
     except urllib.error.HTTPError as err:
         return err.code
@@ -90,7 +97,9 @@ def test_team_members_run_the_unchanged_pipeline_with_their_own_credentials(team
 
     alice, bob = "alice-pipeline", "bob-pipeline"
     passwords = {user: team_server.add_user(user) for user in (alice, bob)}
-    project = team_project(tmp_path, "team-pipeline")
+    # The champion's weights (3 MB) are over nginx's default 1 MiB request body: they upload
+    # only because deploy/nginx-mlflow.conf raises the limit.
+    project = team_project(tmp_path, "team-pipeline", mlp1={"hidden": [1024], "activation": "relu"})
     assert "EDIT for alice-pipeline, bob-pipeline" in team_setup(team_server, project, alice, bob)
 
     alice_env = team_server.credentials(alice, passwords[alice])
@@ -166,7 +175,7 @@ def test_a_user_without_permission_cannot_write_and_is_told_so(team_server, tmp_
 def test_a_wrong_or_missing_password_fails_the_stage_with_one_line(team_server, tmp_path, password):
     project = team_project(tmp_path, "credentials")
     configure_and_preprocess(project, tmp_path / "source")
-    env = stage_env(MLFLOW_TRACKING_URI=team_server.uri)
+    env = stage_env(**team_server.connection())
     if password:
         env |= {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
     result = stage(["train", "mlp1", "--no-progress"], project, env)
@@ -220,3 +229,85 @@ def test_parallel_stages_share_one_new_experiment_on_the_server(team_server, tmp
             experiment_names=[params["mlflow"]["experiment"]], output_format="list"
         )
     assert [run.info.status for run in runs] == ["FINISHED"] * 3
+
+
+@pytest.mark.parametrize(
+    ("scheme", "reason"),
+    [
+        (
+            "https",
+            "its TLS certificate is not trusted; set MLFLOW_TRACKING_SERVER_CERT_PATH to the "
+            "server's CA certificate",
+        ),
+        (
+            "http",
+            "it speaks HTTPS only; use https:// in MLFLOW_TRACKING_URI and, if a password was "
+            "set, change it: this request sent it unencrypted",
+        ),
+    ],
+    ids=["https-without-the-ca", "plain-http"],
+)
+def test_a_client_without_the_ca_or_without_tls_stops_with_one_line(
+    team_server, tmp_path, scheme, reason
+):
+    """No MLFLOW_TRACKING_SERVER_CERT_PATH: the self-signed certificate is refused. Plain HTTP
+    to the proxy's TLS port: nginx refuses it. Either way the command stops with one line saying
+    what to set."""
+    project = team_project(tmp_path, "tls-refused")
+    uri = team_server.uri.replace("https://", f"{scheme}://")
+    env = stage_env(**team_server.as_admin()) | {"MLFLOW_TRACKING_URI": uri}
+    del env["MLFLOW_TRACKING_SERVER_CERT_PATH"]
+    # The first command that talks to the store; every other one fails in the same call.
+    result = stage(["cleanup-runs"], project, env)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"error: MLflow tracking store {uri}: {reason}"]
+
+
+@pytest.mark.parametrize("squatted", ["experiment", "registered_model"])
+def test_team_setup_refuses_a_name_another_account_took_first(team_server, tmp_path, squatted):
+    """A read-only account creates the experiment or the registered model before the admin's
+    team-setup, and so holds MANAGE on it: it could delete the team's runs or versions later.
+    team-setup stops, naming that account and the way out, and grants nothing."""
+    import mlflow
+    from mlflow.server import get_app_client
+
+    experiment = f"squatted-{squatted.replace('_', '-')}"
+    squatter, member = f"mallory-{experiment}", f"alice-{experiment}"
+    squatter_password = team_server.add_user(squatter)
+    team_server.add_user(member)
+    with environment(team_server.credentials(squatter, squatter_password)):
+        client = mlflow.MlflowClient(team_server.uri)
+        if squatted == "experiment":
+            squatted_id = client.create_experiment(experiment)
+            removal = (
+                f"delete it for good as the admin (`mlflow experiments delete -x {squatted_id}`, "
+                "then on the server `mlflow gc --backend-store-uri DATABASE --experiment-ids "
+                f"{squatted_id}`)"
+            )
+        else:
+            client.create_registered_model(experiment)
+            removal = (
+                f"delete it as the admin (`MlflowClient().delete_registered_model('{experiment}')`)"
+            )
+    project = team_project(tmp_path, experiment)
+
+    result = stage(["team-setup", "--user", member], project, stage_env(**team_server.as_admin()))
+
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: the {squatted.replace('_', ' ')} {experiment!r} on {team_server.uri} already "
+        f"exists and {squatter} (not the admin) can delete it and everything in it; set "
+        f"mlflow.experiment to a new name, or {removal}, then run team-setup again"
+    ]
+    with environment(team_server.as_admin()):
+        auth = get_app_client("basic-auth", tracking_uri=team_server.uri)
+        client = mlflow.MlflowClient(team_server.uri)
+        experiment_id = client.get_experiment_by_name(experiment).experiment_id
+        granted = {
+            kind: auth.get_user_permission(member, kind, resource).permission
+            for kind, resource in (("experiment", experiment_id), ("registered_model", experiment))
+        }
+        models = [model.name for model in client.search_registered_models()]
+    assert granted == {"experiment": "READ", "registered_model": "READ"}
+    if squatted == "experiment":
+        assert experiment not in models, "a refused team-setup leaves no registered model behind"

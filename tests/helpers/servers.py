@@ -1,16 +1,20 @@
-"""Real servers for the tests: PostgreSQL and an `mlflow server` with basic authentication.
+"""Real servers for the tests: PostgreSQL, an `mlflow server` with basic authentication, and
+nginx in front of it with TLS.
 
 Started once per test session (conftest's `team_server` fixture) on 127.0.0.1 only. The layout
 is the README's team setup: PostgreSQL holds both MLflow's backend store (database `mlflow`)
 and the auth user database (database `mlflow_auth`, via MLFLOW_AUTH_CONFIG_PATH); the server
-proxies artifacts; every request needs a user and password.
+proxies artifacts; every request needs a user and password; clients reach it only over HTTPS,
+through the shipped deploy/nginx-mlflow.conf with a certificate from deploy/make-certs.sh.
 """
 
 import os
 import secrets
 import shutil
+import ssl
 import subprocess
 import tempfile
+import urllib.request
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -22,6 +26,8 @@ from helpers.process import VENV_BIN, free_port, responds, wait_until
 
 POSTGRES_BINARIES = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
 MLFLOW = str(VENV_BIN / "mlflow")
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+NGINX = shutil.which("nginx", path=os.environ["PATH"] + os.pathsep + "/usr/sbin")
 
 
 def as_postgres_user(command: list[str]) -> list[str]:
@@ -96,12 +102,20 @@ def postgres_cluster() -> Iterator[str]:
 class TeamServer:
     uri: str
     admin_password: str
+    ca_certificate: Path
     admin: str = "admin"
+
+    def connection(self) -> dict[str, str]:
+        """The environment that reaches the server and trusts its certificate, signed in as
+        nobody."""
+        return {
+            "MLFLOW_TRACKING_URI": self.uri,
+            "MLFLOW_TRACKING_SERVER_CERT_PATH": str(self.ca_certificate),
+        }
 
     def credentials(self, user: str, password: str) -> dict[str, str]:
         """The environment a team member's stages run with."""
-        return {
-            "MLFLOW_TRACKING_URI": self.uri,
+        return self.connection() | {
             "MLFLOW_TRACKING_USERNAME": user,
             "MLFLOW_TRACKING_PASSWORD": password,
         }
@@ -163,7 +177,75 @@ def mlflow_team_server(postgres: str, folder: Path) -> Iterator[TeamServer]:
 
     try:
         wait_until(lambda: responds(f"{uri}/health"), "mlflow server", log, process=process)
-        yield TeamServer(uri=uri, admin_password=admin_password)
+        with tls_proxy(f"127.0.0.1:{port}", folder / "proxy") as (public_uri, ca_certificate):
+            yield TeamServer(
+                uri=public_uri, admin_password=admin_password, ca_certificate=ca_certificate
+            )
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@contextmanager
+def tls_proxy(upstream: str, folder: Path) -> Iterator[tuple[str, Path]]:
+    """nginx with the shipped deploy/nginx-mlflow.conf in front of `upstream` (host:port), its
+    certificate made by deploy/make-certs.sh; yields its https URI and the CA certificate that
+    clients verify it with. It runs as the current user, every file it writes inside `folder`."""
+    require(NGINX is not None, "nginx not installed (apt-get install nginx)")
+    require(shutil.which("openssl") is not None, "openssl not installed (apt-get install openssl)")
+    certificates = folder / "certificates"
+    folder.mkdir()
+    subprocess.run(
+        [str(DEPLOY / "make-certs.sh"), str(certificates)], check=True, capture_output=True
+    )
+    port, log = free_port(), folder / "nginx.log"
+    site = (DEPLOY / "nginx-mlflow.conf").read_text()
+    for placeholder, value in {
+        "@LISTEN@": f"127.0.0.1:{port}",
+        "@SERVER_NAME@": "127.0.0.1",
+        "@CERTIFICATE@": str(certificates / "server.crt"),
+        "@CERTIFICATE_KEY@": str(certificates / "server.key"),
+        "@MLFLOW@": upstream,
+    }.items():
+        site = site.replace(placeholder, value)
+    (folder / "mlflow.conf").write_text(site)
+    temporary = {
+        kind: folder / kind for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    }
+    # As root, nginx's workers would switch to `nobody`, who cannot write into pytest's private
+    # tmp folder; any other user's nginx keeps its own user (and the directive would be ignored).
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    # Debian's built-in paths (/var/lib/nginx, /var/log/nginx, /run/nginx.pid) belong to the
+    # system's nginx: every one is set here, and errors go to stderr, our log.
+    (folder / "nginx.conf").write_text(
+        f"{user}pid {folder / 'nginx.pid'};\nerror_log stderr;\nworker_processes 1;\n"
+        "events { worker_connections 64; }\n"
+        f"http {{\n    access_log {folder / 'access.log'};\n"
+        + "".join(f"    {kind}_temp_path {path};\n" for kind, path in temporary.items())
+        + f"    include {folder / 'mlflow.conf'};\n}}\n"
+    )
+    with log.open("w") as stream:
+        process = subprocess.Popen(
+            [NGINX, "-c", str(folder / "nginx.conf"), "-g", "daemon off;"],
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+        )
+    uri, ca_certificate = f"https://127.0.0.1:{port}", certificates / "ca.crt"
+    try:
+        wait_until(
+            lambda: answers_over_tls(f"{uri}/health", ca_certificate), "nginx", log, process=process
+        )
+        yield uri, ca_certificate
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def answers_over_tls(url: str, ca_certificate: Path) -> bool:
+    """Whether a GET of `url` answers 200 over TLS verified against `ca_certificate`."""
+    context = ssl.create_default_context(cafile=str(ca_certificate))
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as response:
+            return response.status == 200
+    except OSError:
+        return False

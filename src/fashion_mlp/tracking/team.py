@@ -8,10 +8,11 @@ alias, but not delete the experiment or the model. Without this step the first m
 stage creates the experiment would own it, and everyone else (READ by default) would be locked
 out.
 
-MLflow's basic-auth gives MANAGE to whoever creates an experiment or a registered model. If
-either already exists and the admin does not hold MANAGE on it, another account made it first
-and keeps the power to delete it and every run in it: team-setup refuses, naming it, instead of
-granting permissions on something the admin does not control.
+MLflow's basic-auth gives MANAGE to whoever creates an experiment or a registered model, even
+an account that may only read. If either already exists and the admin does not hold MANAGE on
+it, another account made it first and keeps the power to delete it and every run or version in
+it: team-setup refuses, naming that account and the way out, instead of granting permissions on
+something the admin does not control.
 """
 
 from dataclasses import dataclass
@@ -22,6 +23,13 @@ from fashion_mlp.tracking.store import Store, experiment_url, translated
 
 TEAM_PERMISSION = "EDIT"
 OWNER_PERMISSION = "MANAGE"
+# How the admin frees a name another account took. A deleted experiment keeps its name until
+# `mlflow gc` removes it from the database; a deleted registered model is gone at once.
+REMOVALS = {
+    "experiment": "delete it for good as the admin (`mlflow experiments delete -x {0}`, then on "
+    "the server `mlflow gc --backend-store-uri DATABASE --experiment-ids {0}`)",
+    "registered_model": "delete it as the admin (`MlflowClient().delete_registered_model('{0}')`)",
+}
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,7 @@ class Team:
     def set_up(self, users: list[str]) -> TeamSetup:
         """Create the experiment and registered model if needed; grant `users` EDIT on both."""
         import os
+        import warnings
 
         from mlflow.exceptions import MlflowException
         from mlflow.server import get_app_client
@@ -51,31 +60,28 @@ class Team:
             )
         admin = os.environ.get("MLFLOW_TRACKING_USERNAME", "")
         experiment_id = self.store.experiment_id
-        created_experiment = self.store.created_experiment
         client = self.store.client
-        auth = get_app_client("basic-auth", tracking_uri=target.uri)
-        created_model = True
+        # Loading the basic-auth app imports MLflow's FastAPI server, whose Starlette warns about
+        # its own deprecated module: a line on stderr nobody here can act on.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "starlette.middleware.wsgi is deprecated")
+            auth = get_app_client("basic-auth", tracking_uri=target.uri)
+        # The experiment first: a squatted one must not leave a new registered model behind.
+        if not self.store.created_experiment and not _holds(
+            auth, admin, "experiment", experiment_id
+        ):
+            raise self._squatted(auth, "experiment", experiment_id)
         try:
             client.create_registered_model(target.experiment)
         except MlflowException as err:
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-            created_model = False
-        resources = (
-            ("experiment", experiment_id, created_experiment),
-            ("registered_model", target.experiment, created_model),
-        )
-        for kind, resource, created in resources:
-            if not created and not _holds(auth, admin, kind, resource):
-                raise PipelineError(
-                    f"the {kind.replace('_', ' ')} {target.experiment!r} on {target.shown_uri} "
-                    f"was created by another account, which can delete it and everything in "
-                    f"it; delete it as the admin (or choose another mlflow.experiment) and run "
-                    "team-setup again"
-                )
+            if not _holds(auth, admin, "registered_model", target.experiment):
+                raise self._squatted(auth, "registered_model", target.experiment) from None
+        resources = (("experiment", experiment_id), ("registered_model", target.experiment))
         for user in users:
             try:
-                for kind, resource, _ in resources:
+                for kind, resource in resources:
                     auth.grant_user_permission(user, kind, resource, TEAM_PERMISSION)
             except MlflowException as err:
                 if "RESOURCE_DOES_NOT_EXIST" in str(err) or "not found" in str(err):
@@ -87,6 +93,29 @@ class Team:
         return TeamSetup(
             experiment_id, target.experiment, experiment_url(target.uri, experiment_id)
         )
+
+    def _squatted(self, auth: Any, kind: str, resource: str) -> PipelineError:
+        """The refusal for a resource another account created: who holds it, and the way out."""
+        target = self.store.target
+        holders = ", ".join(_managers(target.uri, auth, kind, resource)) or "another account"
+        return PipelineError(
+            f"the {kind.replace('_', ' ')} {target.experiment!r} on {target.shown_uri} already "
+            f"exists and {holders} (not the admin) can delete it and everything in it; set "
+            f"mlflow.experiment to a new name, or {REMOVALS[kind].format(resource)}, then run "
+            "team-setup again"
+        )
+
+
+def _managers(uri: str, auth: Any, kind: str, resource: str) -> list[str]:
+    """The accounts holding MANAGE on the resource: its creator and whoever it shared that with.
+    Listing the accounts is for the admin alone, who runs team-setup."""
+    from mlflow.server.auth.routes import LIST_USERS
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+    response = http_request(get_default_host_creds(uri), LIST_USERS, "GET")
+    accounts = verify_rest_response(response, LIST_USERS).json()["users"]
+    return [a["username"] for a in accounts if _holds(auth, a["username"], kind, resource)]
 
 
 def _holds(auth: Any, user: str, kind: str, resource: str) -> bool:
