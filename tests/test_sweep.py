@@ -1,15 +1,23 @@
 """The Ray Tune sweep: seeded plans, an embedded-Ray search with early stopping, every trial in
-MLflow, faults (a diverging trial, a killed trial, Ctrl-C), and selection that never sees the
-test split. One embedded Ray serves the in-process sweeps of this module; the multi-node
+MLflow, faults (a diverging trial, a killed trial, Ctrl-C and SIGTERM, a SIGKILLed driver, a
+tracking server that dies, a trial no node can hold), and selection that never sees the test
+split. One embedded Ray serves the in-process sweeps of this module; the multi-node
 cluster tests are in test_sweep_cluster.py."""
 
+import contextlib
+import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -27,7 +35,8 @@ from helpers.data import (
     write_params,
     write_synthetic_raw,
 )
-from helpers.process import CLI, stage_env
+from helpers.process import CLI, free_port, logged_steps, responds, stage_env, wait_until
+from helpers.servers import mlflow_server_command
 
 GOOD, BAD, DIVERGING = {}, {"lr": 1e-6}, {"lr": 1e9, "init_std": 1.0}
 
@@ -297,38 +306,237 @@ def test_a_killed_trial_is_retried_without_logging_an_epoch_twice(sweep_project,
     assert steps == list(range(1, 41))
 
 
+def long_sweep(project: Path, **changes) -> None:
+    """Trials of 500 epochs of one-image batches, one at a time: a sweep to stop mid-trial."""
+    base = {"hidden": [32], "activation": "relu", "epochs": 500, "batch_size": 1, "lr": 0.01}
+    space = {"lr": {"loguniform": [0.001, 0.01]}}
+    edit_sweep(project, **({"trials": 3, "base": base, "space": space} | changes))
+
+
+@pytest.fixture
+def start_sweep() -> Iterator[Callable[..., subprocess.Popen]]:
+    """Starts `fashion-mlp sweep` in a project as a shell starts a job: in a process group of
+    its own (with the Ray processes it starts), so a signal can reach the group as Ctrl-C or an
+    OOM kill does. A sweep still running when the test ends is killed with its group."""
+    started: list[subprocess.Popen] = []
+
+    def start(project: Path, **env: str) -> subprocess.Popen:
+        process = subprocess.Popen(
+            [CLI, "sweep", "--no-progress"],
+            cwd=project,
+            env=stage_env(FASHION_MLP_CORE_REGISTRY=str(project / "cores"), **env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+
+
+def wait_for_epochs(database: Path, process: subprocess.Popen, epochs: int = 2) -> None:
+    """Until the sweep's trials logged `epochs` epochs in `database` (a SQLite store)."""
+    wait_until(
+        lambda: logged_steps(database, "val_acc") >= epochs,
+        "the sweep's first epochs",
+        None,
+        seconds=180,
+        process=process,
+    )
+
+
+def create_store(project: Path) -> Path:
+    """The project's store, created before the sweep starts, so polling it never races its
+    creation (MLflow's migrations)."""
+    database = project / "mlflow.db"
+    assert Store(TrackingTarget(f"sqlite:///{database}", "fashion-mlp")).client
+    return database
+
+
 @pytest.mark.ray
-def test_ctrl_c_kills_the_parent_and_every_unfinished_trial_and_writes_no_report(sweep_project):
-    edit_sweep(
+@pytest.mark.parametrize(
+    ("stop", "to_group"),
+    [(signal.SIGINT, True), (signal.SIGTERM, False)],
+    # Ctrl-C reaches the terminal's whole process group (the driver and Ray's own processes);
+    # `kill`, `dvc queue kill`, CI timeouts and systemd send the driver SIGTERM.
+    ids=["ctrl-c-to-the-process-group", "sigterm-to-the-driver"],
+)
+def test_ctrl_c_or_sigterm_kills_the_parent_and_every_started_trial_and_writes_no_report(
+    sweep_project, start_sweep, stop, to_group
+):
+    # 2,000 trials (1,000 draws x 2 grid points), one at a time: a trial's run is created when
+    # the trial starts, so the store holds the parent and the one trial that started.
+    long_sweep(
         sweep_project,
-        trials=3,
-        base={"hidden": [32], "activation": "relu", "epochs": 500, "batch_size": 1, "lr": 0.01},
-        space={"lr": {"loguniform": [0.001, 0.01]}},
+        trials=1000,
+        space={"lr": {"loguniform": [0.001, 0.01]}, "variant": {"grid": [GOOD, BAD]}},
     )
-    # The store exists before the sweep starts, so polling it below never races its creation.
-    assert Store(TrackingTarget(f"sqlite:///{sweep_project / 'mlflow.db'}", "fashion-mlp")).client
-    process = subprocess.Popen(
-        [CLI, "sweep", "--no-progress"],
-        cwd=sweep_project,
-        env=stage_env(FASHION_MLP_CORE_REGISTRY=str(sweep_project / "cores")),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        _, children = sweep_runs(sweep_project)
-        if any(run.info.status == "RUNNING" for run in children):
-            break
-        time.sleep(0.5)
-    time.sleep(2)  # a few epochs in
-    process.send_signal(signal.SIGINT)
+    database = create_store(sweep_project)
+    # Ray writes logs under its temp folder, world-readable: the password must not be there.
+    ray_temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # Ray's socket paths: short
+    canary = "canary-password-7f3a"
+    process = start_sweep(sweep_project, MLFLOW_TRACKING_PASSWORD=canary, RAY_TMPDIR=str(ray_temp))
+    wait_for_epochs(database, process)
+    if to_group:
+        os.killpg(process.pid, stop)
+    else:
+        process.send_signal(stop)
     _, stderr = process.communicate(timeout=180)
     assert process.returncode == 130, stderr
     assert stderr.strip().splitlines()[-1] == "interrupted: no output was written"
-    (parent,), children = sweep_runs(sweep_project)
-    assert parent.info.status == "KILLED"
-    assert {run.info.status for run in children} <= {"KILLED", "FINISHED"}
-    assert "KILLED" in {run.info.status for run in children}
+    # Ray's driver would have taken SIGTERM over: a C++ stack dump, then exit 15 or 134.
+    assert "SIGTERM received" not in stderr and "Traceback" not in stderr, stderr
+    (parent,), (child,) = sweep_runs(sweep_project)
+    assert parent.info.status == child.info.status == "KILLED"
+    assert child.data.tags["sweep_trial"] == "0"
     assert not (sweep_project / "reports").exists()
     assert parent.data.params["name"] == "tiny-search"
+    logs = [path for path in ray_temp.rglob("*") if path.is_file() and not path.is_symlink()]
+    assert logs and not [path for path in logs if canary.encode() in path.read_bytes()]
+    shutil.rmtree(ray_temp, ignore_errors=True)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.ray
+def test_a_sigkilled_sweep_leaves_runs_that_cleanup_runs_closes(sweep_project, start_sweep):
+    long_sweep(sweep_project)
+    database = create_store(sweep_project)
+    process = start_sweep(sweep_project)
+    wait_for_epochs(database, process)
+    # As `kill -9 -PGID` or an OOM kill of the job: the driver and Ray's head processes (its
+    # process group) die at once, with no chance to end a run.
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    (parent,), (child,) = sweep_runs(sweep_project)
+    assert parent.info.status == child.info.status == "RUNNING"
+    # The trial's worker, in a process group of its own, dies with its raylet: nothing goes on
+    # training or logging into the runs that cleanup-runs is about to close.
+    worker = int(child.data.tags["ray_worker_pid"])
+    deadline = time.monotonic() + 60
+    while alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(worker), "the trial's worker outlived its driver"
+
+    cleanup = subprocess.run(
+        [CLI, "cleanup-runs"], cwd=sweep_project, env=stage_env(), capture_output=True, text=True
+    )
+    assert cleanup.returncode == 0, cleanup.stderr
+    assert cleanup.stdout.startswith("closed 2 runs")
+    (parent,), (child,) = sweep_runs(sweep_project)
+    assert parent.info.status == child.info.status == "KILLED"
+    assert all("fashion_mlp.closed_by" in run.data.tags for run in (parent, child))
+
+
+@pytest.mark.ray
+def test_the_next_sweep_closes_the_runs_a_dead_driver_left(sweep_project, embedded_ray):
+    """What a SIGKILLed driver leaves (the test above): its parent and trial runs, RUNNING,
+    with the owner tags of a process that is gone; here of another sweep."""
+    import mlflow
+    from typer.testing import CliRunner
+
+    from fashion_mlp.cli import app
+    from fashion_mlp.tracking.runs import Runs
+
+    # The owner tags of a process that ran on this machine and is gone.
+    identity = "import json; from fashion_mlp.tracking.runs import owner_tags; "
+    identity += "print(json.dumps(owner_tags()))"
+    gone = subprocess.run([sys.executable, "-c", identity], capture_output=True, check=True)
+    dead = json.loads(gone.stdout)
+    store = f"sqlite:///{sweep_project / 'mlflow.db'}"
+    runs = Runs(Store(TrackingTarget(store, "fashion-mlp")))
+    with runs.start("old-search", "sweep", {}, {}, owner=dead, ends=False) as old_parent:
+        old_parent_id = old_parent.wait()
+    with runs.start(
+        "old-search-0", "sweep-trial", {}, {}, parent=old_parent_id, owner=dead, ends=False
+    ) as old_child:
+        old_child_id = old_child.wait()
+    edit_sweep(
+        sweep_project,
+        trials=1,
+        base={"hidden": [32], "activation": "relu", "epochs": 1},
+        space={"variant": {"grid": [GOOD]}},
+    )
+    result = CliRunner().invoke(app, ["sweep", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    client = mlflow.MlflowClient(store)
+    for run_id in (old_parent_id, old_child_id):
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED" and "fashion_mlp.closed_by" in run.data.tags
+
+
+@pytest.mark.ray
+@pytest.mark.server
+def test_a_tracking_server_that_dies_mid_sweep_stops_it_with_one_line(
+    sweep_project, start_sweep, tmp_path
+):
+    long_sweep(sweep_project)
+    backend, port = tmp_path / "server.db", free_port()
+    server = subprocess.Popen(
+        mlflow_server_command(f"sqlite:///{backend}", tmp_path / "artifacts", port),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: responds(f"{url}/health"), "mlflow server", None, process=server)
+        process = start_sweep(
+            sweep_project, MLFLOW_TRACKING_URI=url, MLFLOW_HTTP_REQUEST_TIMEOUT="3"
+        )
+        wait_for_epochs(backend, process)
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+    _, stderr = process.communicate(timeout=180)
+    assert process.returncode == 1, stderr
+    # One line, not a traceback per trial and retry (Tune logs each failed trial's).
+    assert not [line for line in stderr.splitlines() if "Traceback" in line or "ERROR" in line]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: MLflow tracking store {url}: cannot reach the server"), last
+    assert last.endswith("`fashion-mlp cleanup-runs` closes the runs this sweep left open")
+    # Its runs stay open in the server's database; cleanup-runs on that store closes them.
+    cleanup = subprocess.run(
+        [CLI, "cleanup-runs"],
+        cwd=sweep_project,
+        env=stage_env(MLFLOW_TRACKING_URI=f"sqlite:///{backend}"),
+        capture_output=True,
+        text=True,
+    )
+    assert cleanup.returncode == 0, cleanup.stderr
+    with sqlite3.connect(backend) as connection:
+        statuses = connection.execute("SELECT status FROM runs").fetchall()
+    assert statuses and {status for (status,) in statuses} == {"KILLED"}
+
+
+def test_a_trial_that_needs_more_cpus_than_the_machine_has_is_refused_before_any_run(
+    sweep_project,
+):
+    cores = len(os.sched_getaffinity(0))
+    edit_sweep(sweep_project, cpus_per_trial=cores + 1)
+    result = subprocess.run(
+        [CLI, "sweep", "--no-progress"],
+        cwd=sweep_project,
+        env=stage_env(FASHION_MLP_CORE_REGISTRY=str(sweep_project / "cores")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: params.yaml: sweep.cpus_per_trial = {cores + 1}: this machine has {cores} "
+        f"{'CPU' if cores == 1 else 'CPUs'}, so no trial could ever start; lower it"
+    )
+    with contextlib.suppress(sqlite3.Error), sqlite3.connect(sweep_project / "mlflow.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM runs").fetchone() == (0,)

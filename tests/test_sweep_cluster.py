@@ -230,6 +230,22 @@ def test_trials_run_on_both_nodes_and_track_into_the_server(cluster, tmp_path):
     assert (project / "reports/sweep/best.yaml").exists()
 
 
+def test_a_trial_that_no_node_can_hold_is_refused_before_any_run(cluster, tmp_path):
+    import mlflow
+
+    project = cluster_project(tmp_path, "cluster-too-big", cpus_per_trial=2)
+    process = start_sweep(project, cluster)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1, stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "error: params.yaml: sweep.cpus_per_trial = 2: the largest live Ray node has 1 CPU, so "
+        "no trial could ever start; lower it"
+    )
+    client = mlflow.MlflowClient(f"sqlite:///{cluster.store}")
+    found = client.get_experiment_by_name("cluster-too-big")
+    assert found is None or not client.search_runs([found.experiment_id])
+
+
 def test_killing_a_node_mid_sweep_loses_only_its_running_trials(cluster, tmp_path):
     import mlflow
 

@@ -10,12 +10,15 @@ number is reported beside it, never used. Writes `reports/sweep/` (report.py).
 
 MLflow gets one parent run named after the sweep (the search's definition as params, the best
 trial's validation and test accuracy as metrics) and one child run per trial, opened when the
-trial starts. Trials log no models: the winner becomes a model by pasting `best.yaml` into
-params.yaml, where the pipeline trains, evaluates and logs it like every other.
+trial starts. The driver ends them all, so all carry its owner tags: after a SIGKILL or an OOM
+kill, `fashion-mlp cleanup-runs` or the next sweep closes them KILLED. Trials log no models: the
+winner becomes a model by pasting `best.yaml` into params.yaml, where the pipeline trains,
+evaluates and logs it like every other.
 
     fashion-mlp sweep --params params.yaml --data-dir data/processed --out-dir reports/sweep
 """
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -51,45 +54,62 @@ def run_sweep(
     rest, validation = carve_validation(
         load_split(data_dir, "train"), sweep.validation_size, sweep.seed
     )
-    runs = Runs(store)
-    runs.close_orphans(stage=TRIAL_STAGE)
-    owner = owner_tags()
-    tags = {"sweep": sweep.name, "ray_address": ray_address or "embedded"}
-    with runs.start(sweep.name, SWEEP_STAGE, _definition(params), tags, owner=owner) as parent:
-        parent_id = parent.wait()
-        started_ray = start_ray(params, ray_address)
-        outcomes = [TrialOutcome(plan) for plan in plans]
-        try:
+    # Before any run is created: a trial that no node can hold is refused, not left waiting.
+    started_ray = start_ray(params, ray_address)
+    with contextlib.ExitStack() as ray_session:
+        if started_ray:
+            import ray
+
+            ray_session.callback(ray.shutdown)
+        runs = Runs(store)
+        # A dead driver's runs (SIGKILL, an OOM kill): the parent and its trials carry the
+        # driver's owner tags (it ends every one of them), so they are closed here, whatever
+        # sweep it ran.
+        for stage in (SWEEP_STAGE, TRIAL_STAGE):
+            runs.close_orphans(stage=stage)
+        owner = owner_tags()
+        tags = {"sweep": sweep.name, "ray_address": ray_address or "embedded"}
+        with runs.start(sweep.name, SWEEP_STAGE, _definition(params), tags, owner=owner) as parent:
+            parent_id = parent.wait()
+            outcomes = [TrialOutcome(plan) for plan in plans]
             settings = {
                 "target": {"uri": store.target.uri, "experiment": store.target.experiment},
                 "parent": parent_id,
                 "owner": owner,
                 "cpus_per_trial": sweep.cpus_per_trial,
             }
-            interrupted = tune_trials(params, outcomes, rest, validation, settings, show_progress)
-        finally:
-            # Each trial's run ends as Tune saw the trial end; those whose worker died, or
-            # that never ended because the sweep stopped, end KILLED. First, before Ray's
-            # shutdown (seconds, which a second Ctrl-C may cut short).
-            ended = {o.run_id: o.run_end() for o in outcomes if o.run_id and o.status != "KILLED"}
             try:
-                runs.end_children(parent_id, ended)
+                interrupted = tune_trials(
+                    params, outcomes, rest, validation, settings, show_progress
+                )
             finally:
-                if started_ray:
-                    import ray
-
-                    ray.shutdown()
-        if interrupted:
-            raise KeyboardInterrupt("the sweep was interrupted")
-        ranked = sorted(outcomes, key=rank)
-        best = ranked[0]
-        completed = best.status == "FINISHED" and not best.stopped_early
-        test_acc = _test_best(best, rest, data_dir) if completed else None
-        publish_reports(sweep, ranked, test_acc, len(rest), Path(out_dir))
-        if test_acc is not None:
-            best_metrics = {"best_trial_val_acc": best.val_acc, "best_trial_test_acc": test_acc}
-            parent.log_metrics(best_metrics, 0)
-            parent.set_tags({"best_trial": str(best.plan.index)})
+                # Each trial's run ends as Tune saw the trial end; those whose worker died, or
+                # that never ended because the sweep stopped, end KILLED.
+                ended = {
+                    o.run_id: o.run_end() for o in outcomes if o.run_id and o.status != "KILLED"
+                }
+                try:
+                    runs.end_children(parent_id, ended)
+                except PipelineError as err:
+                    raise PipelineError(
+                        f"{err}; when the store works again, `fashion-mlp cleanup-runs` closes "
+                        "the runs this sweep left open"
+                    ) from None
+                finally:
+                    # Once the runs ended (Ray's shutdown takes seconds, which a second
+                    # Ctrl-C may cut), and before the winner's test, which needs no Ray.
+                    ray_session.close()
+            if interrupted:
+                raise KeyboardInterrupt("the sweep was interrupted")
+            ranked = sorted(outcomes, key=rank)
+            best = ranked[0]
+            completed = best.status == "FINISHED" and not best.stopped_early
+            test_acc = _test_best(best, rest, data_dir) if completed else None
+            publish_reports(sweep, ranked, test_acc, len(rest), Path(out_dir))
+            if test_acc is not None:
+                metrics = {"best_trial_val_acc": best.val_acc, "best_trial_test_acc": test_acc}
+                parent.log_metrics(metrics, 0)
+                parent.set_tags({"best_trial": str(best.plan.index)})
     return ranked
 
 

@@ -7,14 +7,19 @@ epoch to Tune and to its run. It never receives the test split. How a trial ende
 through Tune's results (`TrialOutcome`): its epochs, whether the scheduler stopped it, and the
 error of a trial that diverged. A trial retried after its worker or node died reopens its run
 and restarts at epoch 1 (no checkpoints); with the same seed it retraces the same weights, and
-the epochs its run already holds are not logged twice.
+the epochs its run already holds are not logged twice. A trial whose tracking store fails stops
+the whole sweep with the store's one-line error: every other trial would fail the same way.
 
 Ray: an embedded local Ray by default (no dashboard, this machine's CPUs); with `RAY_ADDRESS`
-set, the same command joins that cluster. The training data goes into Ray's object store once.
+set, the same command joins that cluster. The training data and the trials' configurations go
+into Ray's object store once; Tune's own search space holds only the trials' indices (it copies
+the whole space for every trial it creates: with the configurations in it, 2,000 trials took
+90 s before the first one started).
 """
 
 import math
 import os
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +36,9 @@ from fashion_mlp.tracking.store import TrackingTarget
 TRIAL_STAGE = "sweep-trial"
 TRIAL_TAG, NODE_TAG, ERROR_TAG = "sweep_trial", "ray_node_id", "sweep_trial_error"
 WORKER_TAG, STOPPED_TAG = "ray_worker_pid", "early_stopped_at_epoch"
+# The result key of a trial that met a problem every trial would meet (its tracking store
+# failed): the driver stops the sweep with it.
+STOP_KEY = "sweep_stop_error"
 TRIAL_METRICS = ("train_loss", "train_acc", "val_acc", "lr", "epoch_seconds")
 # Tune's default reporter prints where its files are (a temporary folder here) even at
 # verbose=0; its older reporter prints nothing at verbose=0: our progress bar reports. A trial
@@ -67,8 +75,18 @@ class TrialOutcome:
         return self.epochs[-1]["val_acc"] if self.epochs else float("nan")
 
 
-def run_trial(settings: dict[str, Any], data: dict[str, Any]) -> None:
-    """One trial, in a Ray worker (see the module docstring)."""
+class _TrackingFailed(Exception):
+    """The tracking store failed while the trial trained (not a PipelineError, so that it is
+    not mistaken for the training's own, a divergence)."""
+
+
+def run_trial(
+    config: dict[str, Any],
+    trials: Mapping[int, dict[str, Any]],
+    settings: Mapping[str, Any],
+    data: dict[str, Any],
+) -> None:
+    """One trial, `trials[config["trial"]]`, in a Ray worker (see the module docstring)."""
     import numpy as np
     import ray
     import torch
@@ -82,7 +100,7 @@ def run_trial(settings: dict[str, Any], data: dict[str, Any]) -> None:
     from fashion_mlp.train import fit, seeded_model
 
     reproducible_numerics()
-    trial = settings["trial"]
+    trial = trials[config["trial"]]
     spec, params = ModelSpec(**trial["model"]), TrainParams(**trial["train"])
     store = Store(TrackingTarget(**settings["target"]), create_experiment=False)
     tags = {
@@ -96,56 +114,69 @@ def run_trial(settings: dict[str, Any], data: dict[str, Any]) -> None:
         return Split(torch.from_numpy(np.array(images)), torch.from_numpy(np.array(labels)))
 
     # The driver ends the run from the trial's outcome (Ray may stop or kill this worker at any
-    # report, without unwinding it): here it is opened, filled, and left to the driver.
-    with Runs(store).start(
-        trial["name"],
-        TRIAL_STAGE,
-        trial["params"],
-        tags,
-        parent=settings["parent"],
-        owner=settings["owner"],
-        close_orphans=False,
-        resume={TRIAL_TAG: str(trial["index"])},
-        ends=False,
-    ) as run:
-        run_id = run.wait()
+    # report, without unwinding it): here it is opened, filled, and left to the driver, who also
+    # answers for it (its owner tags), so a dead driver's trials are closed like its own run.
+    try:
+        with Runs(store).start(
+            trial["name"],
+            TRIAL_STAGE,
+            trial["params"],
+            tags,
+            parent=settings["parent"],
+            owner=settings["owner"],
+            close_orphans=False,
+            resume={TRIAL_TAG: str(trial["index"])},
+            ends=False,
+        ) as run:
+            run_id = run.wait()
 
-        def on_epoch_end(metrics: EpochMetrics) -> None:
-            run.log_metrics({key: metrics[key] for key in TRIAL_METRICS}, metrics["epoch"])
-            # Tune may stop the trial here (ASHA): it leaves through SystemExit(0).
-            tune.report(
-                {key: metrics[key] for key in (*TRIAL_METRICS, "epoch")} | {"run_id": run_id}
-            )
-
-        with CoreShare(fixed_threads=settings["cpus_per_trial"]) as cores:
-            model, generator = seeded_model(spec, params)
-            try:
-                fit(
-                    model,
-                    split("train"),
-                    split("validation"),
-                    params,
-                    generator,
-                    on_epoch_end=on_epoch_end,
-                    on_batch_end=cores.rebalance,
-                    held_out_name="val",
+            def on_epoch_end(metrics: EpochMetrics) -> None:
+                try:
+                    run.log_metrics({key: metrics[key] for key in TRIAL_METRICS}, metrics["epoch"])
+                except PipelineError as err:
+                    raise _TrackingFailed(str(err)) from None
+                # Tune may stop the trial here (ASHA): it leaves through SystemExit(0).
+                tune.report(
+                    {key: metrics[key] for key in (*TRIAL_METRICS, "epoch")} | {"run_id": run_id}
                 )
-            except PipelineError as err:
-                # A configuration that diverges is a result, not a crash: no retry.
-                tune.report({"error": str(err)[:500], "run_id": run_id})
+
+            with CoreShare(fixed_threads=settings["cpus_per_trial"]) as cores:
+                model, generator = seeded_model(spec, params)
+                try:
+                    fit(
+                        model,
+                        split("train"),
+                        split("validation"),
+                        params,
+                        generator,
+                        on_epoch_end=on_epoch_end,
+                        on_batch_end=cores.rebalance,
+                        held_out_name="val",
+                    )
+                except PipelineError as err:
+                    # A configuration that diverges is a result, not a crash: no retry.
+                    tune.report({"error": str(err)[:500], "run_id": run_id})
+    except (PipelineError, _TrackingFailed) as err:
+        # Only the store raises these here (opening the run, or its calls): reported, they stop
+        # the sweep; raised, each trial would crash, be retried twice, and Tune would log a
+        # traceback for every attempt.
+        tune.report({STOP_KEY: " ".join(str(err).split())[:500]})
 
 
 def tracker(outcomes: list[TrialOutcome], show_progress: bool) -> Any:
     """A Tune callback that turns Tune's view of every trial into its TrialOutcome, with a
-    progress bar. Built here so that importing this module does not import Ray."""
-    from ray.tune import Callback
+    progress bar; and the sweep's stopper: once a trial reports an error that every trial would
+    meet (`stop_error`), every trial stops (ending KILLED). Built here so that importing this
+    module does not import Ray."""
+    from ray.tune import Callback, Stopper
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     by_index = {outcome.plan.index: outcome for outcome in outcomes}
 
-    class Tracker(Callback):
+    class Tracker(Callback, Stopper):
         def __init__(self) -> None:
             self.ended: set[int] = set()
+            self.stop_error = ""
             self.progress = Progress(
                 TextColumn("[bold]trials"),
                 BarColumn(),
@@ -161,10 +192,13 @@ def tracker(outcomes: list[TrialOutcome], show_progress: bool) -> Any:
             return {}
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            outcome = by_index[trial.config["trial"]["index"]]
+            outcome = by_index[trial.config["trial"]]
             outcome.run_id = result.get("run_id", outcome.run_id)
-            if "error" in result:
-                outcome.error = result["error"]
+            if STOP_KEY in result:
+                self.stop_error = (
+                    self.stop_error or f"trial {outcome.plan.index}: {result[STOP_KEY]}"
+                )
+            outcome.error = result.get("error") or result.get(STOP_KEY) or outcome.error
             if "val_acc" not in result:
                 return
             epoch = {key: result[key] for key in (*TRIAL_METRICS, "epoch")}
@@ -173,12 +207,12 @@ def tracker(outcomes: list[TrialOutcome], show_progress: bool) -> Any:
             outcome.epochs.append(epoch)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            outcome = by_index[trial.config["trial"]["index"]]
+            outcome = by_index[trial.config["trial"]]
             outcome.status = "FAILED" if outcome.error else "FINISHED"
             self._ended(outcome)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            outcome = by_index[trial.config["trial"]["index"]]
+            outcome = by_index[trial.config["trial"]]
             outcome.status = "FAILED"
             error = trial.get_error()
             outcome.error = " ".join(str(error or "the trial crashed").split())[:500]
@@ -190,6 +224,12 @@ def tracker(outcomes: list[TrialOutcome], show_progress: bool) -> Any:
             best = f"best val_acc {max(done):.4f}" if done else ""
             self.progress.update(self.task, completed=len(self.ended), best=best)
 
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            return STOP_KEY in result
+
+        def stop_all(self) -> bool:
+            return bool(self.stop_error)
+
         @property
         def interrupted(self) -> bool:
             return len(self.ended) < len(by_index)
@@ -199,18 +239,20 @@ def tracker(outcomes: list[TrialOutcome], show_progress: bool) -> Any:
 
 def start_ray(params: Params, ray_address: str | None) -> bool:
     """Join `ray_address` or start an embedded Ray; True if we started it (and must stop it).
-    Refuses a trial that no node of the cluster can hold (it would wait forever)."""
+    Refuses a trial that no node can hold (Tune would wait for it forever): before starting an
+    embedded Ray, by this machine's cores; on a cluster, by its largest live node."""
     import ray
 
     from fashion_mlp.numerics import NUMERICS_ENV
     from fashion_mlp.threads import available_cores
 
-    sweep = params.sweep
     runtime_env: dict[str, Any] = {"env_vars": dict(NUMERICS_ENV)}
     if ray_address:
         # Our code reaches nodes that lack it (they need torch, mlflow and ray installed).
         runtime_env["py_modules"] = [str(Path(__file__).parents[1])]
     started = not ray.is_initialized()
+    if started and not ray_address:
+        _refuse_unschedulable(params, available_cores(), "this machine has")
     if started:
         # "local" starts a private Ray even where another one runs on this machine.
         options: dict[str, Any] = (
@@ -223,18 +265,32 @@ def start_ray(params: Params, ray_address: str | None) -> bool:
                 "object_store_memory": 256 * 1024 * 1024,
             }
         )
+        # Ray's driver takes SIGTERM over: its handler stops Ray's processes and exits 15, and
+        # its C++ core prints a stack dump. The handler it replaces (the CLI's) unwinds like
+        # Ctrl-C: the runs end KILLED, and ray.shutdown stops Ray's processes.
+        on_sigterm = signal.getsignal(signal.SIGTERM)
         ray.init(runtime_env=runtime_env, log_to_driver=False, logging_level="WARNING", **options)
+        if on_sigterm is not None:
+            signal.signal(signal.SIGTERM, on_sigterm)
     largest = max(
         (node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=0
     )
-    if sweep.cpus_per_trial > largest:
+    try:
+        _refuse_unschedulable(params, largest, "the largest live Ray node has")
+    except PipelineError:
         if started:
             ray.shutdown()
-        raise PipelineError(
-            f"{params.source}: sweep.cpus_per_trial = {sweep.cpus_per_trial}: no Ray node has "
-            f"that many CPUs (the largest has {largest:g}); lower it"
-        )
+        raise
     return started
+
+
+def _refuse_unschedulable(params: Params, cpus: float, where: str) -> None:
+    wanted = params.sweep.cpus_per_trial
+    if wanted > cpus:
+        raise PipelineError(
+            f"{params.source}: sweep.cpus_per_trial = {wanted}: {where} {cpus:g} "
+            f"{'CPU' if cpus == 1 else 'CPUs'}, so no trial could ever start; lower it"
+        )
 
 
 def tune_trials(
@@ -246,7 +302,8 @@ def tune_trials(
     show_progress: bool,
 ) -> bool:
     """Run every trial on Ray Tune, filling in the outcomes; True if the sweep was interrupted.
-    Credentials travel to the workers through their environment (inherited from this
+    A trial's error that stops the sweep (its tracking store failed) is raised, naming the
+    trial. Credentials travel to the workers through their environment (inherited from this
     process for embedded Ray; the cluster's own for `RAY_ADDRESS`), never in a config."""
     import tempfile
 
@@ -261,11 +318,8 @@ def tune_trials(
             "train": (rest.images.numpy(), rest.labels.numpy()),
             "validation": (validation.images.numpy(), validation.labels.numpy()),
         }
-        trainable = tune.with_resources(
-            tune.with_parameters(run_trial, data=data), {"cpu": sweep.cpus_per_trial}
-        )
-        trials = [
-            {
+        trials = {
+            outcome.plan.index: {
                 "index": outcome.plan.index,
                 "name": outcome.plan.config.name,
                 "model": outcome.plan.config.model.model_dump(),
@@ -273,7 +327,13 @@ def tune_trials(
                 "params": outcome.plan.config.flat() | {"trial": outcome.plan.index},
             }
             for outcome in outcomes
-        ]
+        }
+        trainable = tune.with_resources(
+            tune.with_parameters(
+                run_trial, trials=trials, settings=dict(trial_settings), data=data
+            ),
+            {"cpu": sweep.cpus_per_trial},
+        )
         epochs = max(outcome.plan.config.train.epochs for outcome in outcomes)
         with (
             tempfile.TemporaryDirectory(prefix="fashion-mlp-tune-") as storage,
@@ -281,7 +341,7 @@ def tune_trials(
         ):
             tuner = tune.Tuner(
                 trainable,
-                param_space={"trial": tune.grid_search(trials), **trial_settings},
+                param_space={"trial": tune.grid_search(list(trials))},
                 tune_config=tune.TuneConfig(
                     scheduler=ASHAScheduler(
                         metric="val_acc",
@@ -299,6 +359,7 @@ def tune_trials(
                     storage_path=storage,
                     verbose=0,
                     callbacks=[callback],
+                    stop=callback,
                     failure_config=tune.FailureConfig(max_failures=2),
                     checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
                 ),
@@ -306,6 +367,8 @@ def tune_trials(
             tuner.fit()
     finally:
         callback.progress.stop()
+    if callback.stop_error:
+        raise PipelineError(f"sweep {sweep.name} stopped at {callback.stop_error}")
     return callback.interrupted
 
 
