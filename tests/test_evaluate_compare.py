@@ -130,11 +130,13 @@ def test_evaluate_of_weights_no_run_trained_fails_before_writing(trained):
 def test_evaluate_does_not_use_a_deleted_run(trained):
     import mlflow
 
-    mlflow.MlflowClient(trained.store).delete_run(training_run(trained, "mlp1").info.run_id)
+    run_id = training_run(trained, "mlp1").info.run_id
+    mlflow.MlflowClient(trained.store).delete_run(run_id)
     trained.use_params("evaluate", "mlp1")
     result = trained.invoke("evaluate", "mlp1")
     assert result.exit_code == 1
-    assert "no finished run of 'mlp1' with these weights" in result.stderr
+    assert f"the run that trained 'mlp1' into these weights ({run_id}) is deleted" in result.stderr
+    assert not (trained.folder / "metrics").exists()
 
 
 def test_compare_writes_the_table_the_curves_and_the_plot_data(evaluated):

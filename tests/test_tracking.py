@@ -2,18 +2,31 @@
 
 import subprocess
 import threading
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from fashion_mlp.cli import app
 from fashion_mlp.params import TrackingSettings
 from fashion_mlp.preprocess import preprocess
 from fashion_mlp.tracking.store import HTTP_LIMITS, experiment_url, resolve_target
-from helpers.data import declared_params, write_params
+from helpers.data import PROJECT_ROOT, declared_params, isolate, write_params
 from helpers.filesystems import fill, make_read_only, small_tmpfs
-from helpers.process import CLI, free_port, stage_env, train_at_once
+from helpers.process import (
+    CLI,
+    VENV_BIN,
+    free_port,
+    responds,
+    stage_env,
+    train_at_once,
+    wait_until,
+)
 from helpers.projects import configure_models
+from helpers.proxy import slow_proxy
+from helpers.servers import mlflow_server_command
 
 
 def test_relative_sqlite_resolves_against_the_root_and_servers_are_left_alone(tmp_path):
@@ -24,6 +37,80 @@ def test_relative_sqlite_resolves_against_the_root_and_servers_are_left_alone(tm
     # SQLAlchemy decodes %XX in the URL: the project's own path is written encoded.
     odd = tmp_path / "x%41y"
     assert resolve_target(settings, None, odd).uri == f"sqlite:///{tmp_path}/x%2541y/mlflow.db"
+
+
+@pytest.mark.slow
+def test_a_project_in_a_folder_with_a_percent_keeps_its_runs_in_its_own_store(
+    tmp_path, monkeypatch, params
+):
+    """SQLAlchemy decodes %41 in a URL to A: the runs of `x%41y` went into `xAy/mlflow.db`."""
+    import mlflow
+
+    project = tmp_path / "x%41y"
+    project.mkdir()
+    isolate(monkeypatch, project)
+    params["train"]["epochs"] = 1
+    params["mlflow"]["tracking_uri"] = "sqlite:///mlflow.db"  # in the project folder
+    preprocess(params["data"]["local_dir"], project / "data/processed")
+    configure_models(write_params(project / "params.yaml", params), project / "configs")
+    for stage in (["train", "mlp1", "--no-progress"], ["evaluate", "mlp1"]):
+        result = CliRunner().invoke(app, stage)
+        assert result.exit_code == 0, result.output
+    assert (project / "mlflow.db").is_file() and not (tmp_path / "xAy").exists()
+    store = "sqlite:///" + urllib.parse.quote(str(project / "mlflow.db"), safe="/")
+    (run,) = mlflow.MlflowClient(store).search_runs(
+        [mlflow.MlflowClient(store).get_experiment_by_name("fashion-mlp").experiment_id]
+    )
+    assert run.data.tags["fashion_mlp.evaluated"] == "true"
+    artifacts = urllib.parse.unquote(urllib.parse.urlparse(run.info.artifact_uri).path)
+    assert Path(artifacts).is_relative_to(project)
+
+
+def test_credentials_in_the_tracking_uri_are_refused_without_showing_them(workdir, params):
+    write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
+    uri = "http://alice:s3cret-pw@127.0.0.1:9"
+    result = CliRunner().invoke(app, ["--tracking-uri", uri, "train", "mlp1"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "error: the tracking URI http://127.0.0.1:9 holds a user name and password; take "
+        "them out and set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead"
+    )
+    assert not (workdir / "models").exists()
+
+
+@pytest.mark.slow
+def test_mlflow_run_of_a_stage_must_use_the_projects_experiment(workdir, params):
+    """`mlflow run` opens a run of its own, in "Default" unless told otherwise."""
+    import shutil
+
+    import mlflow
+
+    params["train"]["epochs"] = 1
+    preprocess(params["data"]["local_dir"], workdir / "data/processed")
+    configure_models(write_params(workdir / "params.yaml", params), workdir / "configs")
+    shutil.copy(PROJECT_ROOT / "MLproject", workdir)
+    uri = params["mlflow"]["tracking_uri"]
+    launch = [str(VENV_BIN / "mlflow"), "run", ".", "-e", "train", "--env-manager", "local"]
+
+    def mlflow_run(*args: str) -> subprocess.CompletedProcess:
+        env = stage_env(MLFLOW_TRACKING_URI=uri)
+        return subprocess.run(
+            [*launch, *args], cwd=workdir, env=env, capture_output=True, text=True
+        )
+
+    refused = mlflow_run()
+    assert refused.returncode != 0
+    (line,) = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert line.endswith(
+        "in experiment 'Default', but this project tracks into 'fashion-mlp'; rerun it with "
+        "--experiment-name fashion-mlp"
+    )
+    assert not (workdir / "models").exists()
+    assert mlflow_run("--experiment-name", "fashion-mlp").returncode == 0
+    client = mlflow.MlflowClient(uri)
+    ours = client.get_experiment_by_name("fashion-mlp").experiment_id
+    trained = client.search_runs([ours], "tags.`fashion_mlp.stage` = 'train'")
+    assert [run.info.status for run in trained] == ["FINISHED"]
 
 
 def test_links_open_the_training_runs_not_the_genai_overview():
@@ -199,3 +286,54 @@ def test_a_read_only_store_is_one_line(workdir, params):
             )
         )
         assert not (workdir / "models/again").exists()
+
+
+SLOW_WRITES = {
+    "/api/2.0/mlflow/runs/create",
+    "/api/2.0/mlflow/logged-models",
+    "/api/2.0/mlflow/model-versions/create",
+}
+
+
+@pytest.mark.server
+def test_writes_retried_after_a_slow_answer_leave_no_duplicates(workdir, params, tmp_path):
+    """The server makes the run, the model and the registry version, but answers after the
+    client's timeout; the client retries and the server makes each a second time."""
+    import mlflow
+
+    port = free_port()
+    log = tmp_path / "server.log"
+    backend = f"sqlite:///{tmp_path / 'server.db'}"
+    with open(log, "w") as sink:
+        server = subprocess.Popen(
+            mlflow_server_command(backend, tmp_path / "artifacts", port),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=stage_env(),
+        )
+    try:
+        wait_until(lambda: responds(f"http://127.0.0.1:{port}/health"), "mlflow server", log)
+        params["train"]["epochs"] = 1
+        params["mlflow"]["champion"] = "mlp1"
+        preprocess(params["data"]["local_dir"], workdir / "data/processed")
+        configure_models(write_params(workdir / "params.yaml", params), workdir / "configs")
+        with slow_proxy(port, SLOW_WRITES, delay=3) as (proxy, seen):
+            env = stage_env(MLFLOW_TRACKING_URI=proxy, MLFLOW_HTTP_REQUEST_TIMEOUT="1")
+            for stage in (["train", "mlp1", "--no-progress"], ["evaluate", "mlp1"], ["register"]):
+                done = subprocess.run([CLI, *stage], cwd=workdir, env=env, capture_output=True)
+                assert done.returncode == 0, done.stderr
+        assert all(seen[path] == 2 for path in SLOW_WRITES), seen  # each create was retried
+
+        client = mlflow.MlflowClient(f"http://127.0.0.1:{port}")
+        experiment = client.get_experiment_by_name("fashion-mlp").experiment_id
+        (run,) = client.search_runs([experiment])
+        assert run.info.status == "FINISHED"
+        (model,) = client.search_logged_models([experiment])
+        assert model.source_run_id == run.info.run_id
+        (version,) = client.search_model_versions("name = 'fashion-mlp'")
+        assert client.get_model_version_by_alias("fashion-mlp", "champion").version == (
+            version.version
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -57,6 +57,7 @@ class Settings:
     verbose: bool = False
     tracking_uri: str | None = None
     root: Path | None = None
+    launched_by: str | None = None  # the run of `mlflow run` around this process
 
 
 _settings: contextvars.ContextVar[Settings | None] = contextvars.ContextVar(
@@ -93,6 +94,7 @@ def main(
             show_default=False,
         ),
     ] = None,
+    mlflow_run_id: Annotated[str | None, typer.Option(envvar="MLFLOW_RUN_ID", hidden=True)] = None,
 ) -> None:
     # SIGTERM (from `kill`, a CI timeout, DVC's queue) and SIGHUP (a closed terminal or SSH
     # session) unwind like Ctrl-C, so atomic writes clean up and the MLflow run is marked
@@ -102,7 +104,9 @@ def main(
     # Before torch loads: torch and MKL read these once (numerics.py); children inherit them.
     for variable, value in NUMERICS_ENV.items():
         os.environ.setdefault(variable, value)
-    _settings.set(Settings(verbose=verbose, tracking_uri=tracking_uri, root=root))
+    _settings.set(
+        Settings(verbose=verbose, tracking_uri=tracking_uri, root=root, launched_by=mlflow_run_id)
+    )
     if not verbose:
         # MLflow's SQL store logs each database error with a traceback before raising it; the
         # tracking layer turns the error into one line, so its log would only repeat it.
@@ -144,7 +148,7 @@ def _store(params_file: Path, create_experiment: bool = True, connect_now: bool 
     chosen = current()
     root = chosen.root or Path(params_file).resolve().parent
     target = resolve_target(load_params(params_file).tracking, chosen.tracking_uri, root)
-    store = Store(target, create_experiment=create_experiment)
+    store = Store(target, create_experiment=create_experiment, launched_by=chosen.launched_by)
     if connect_now:
         store.connect_in_background()
     return store
@@ -330,8 +334,10 @@ def register(
     models_dir: ModelsDirOption = MODELS_DIR,
     metrics_dir: MetricsDirOption = METRICS_DIR,
     out: Annotated[Path, typer.Option(help="champion summary")] = REPORTS_DIR / "champion.json",
+    dvc_exp_name: Annotated[str | None, typer.Option(envvar="DVC_EXP_NAME", hidden=True)] = None,
 ) -> None:
-    """Register the declared champion (params mlflow.champion) with the alias `champion`."""
+    """Register the declared champion (params mlflow.champion) with the alias `champion`
+    (not under `dvc exp run`: experiments leave the registry alone)."""
     from fashion_mlp.artifacts import InputSnapshot
     from fashion_mlp.params import load_params
     from fashion_mlp.register import register_champion
@@ -342,9 +348,16 @@ def register(
     champion = load_params(params_file).champion
     store = _store(params_file, create_experiment=False)
     version = register_champion(
-        champion, models_dir, metrics_dir, out, Runs(store), Registry(store), inputs
+        champion, models_dir, metrics_dir, out, Runs(store), Registry(store), inputs, dvc_exp_name
     )
-    change = "now points at" if version.created else "already pointed at"
+    if version is None:
+        typer.echo(
+            f"experiment {dvc_exp_name}: registry left alone ({champion} checked, {out} "
+            f"written); to promote it: dvc exp apply {dvc_exp_name} && dvc repro --force "
+            "--single-item register"
+        )
+        return
+    change = "now points at" if version.moved else "already pointed at"
     typer.echo(
         f"{champion_uri(version.registered_model)} {change} version {version.version}: "
         f"{champion} (run {version.run_id}, logged model {version.model_id})"
@@ -385,6 +398,50 @@ def predict(
             )
             label = f"{path}[{index}]" if len(images) > 1 else str(path)
             typer.echo(f"{label}: {ranked}")
+
+
+@app.command()
+@friendly_errors
+def serve(
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="registry URI (models:/...); default: models:/EXPERIMENT@champion",
+            show_default=False,
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="address to listen on (plain HTTP: keep it local, or proxy it)")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="0: any free port")] = 5001,
+    max_body_mb: Annotated[
+        float, typer.Option(min=0.001, help="request bodies over this many MiB are refused (413)")
+    ] = 10.0,
+    params_file: ParamsOption = PARAMS_FILE,
+) -> None:
+    """Serve a registered model over HTTP (MLflow's scoring protocol) once it is checked to be
+    exactly what `train` logged; requests are validated before they reach it."""
+    from fashion_mlp.serve import serve as serve_model
+    from fashion_mlp.tracking.registry import Registry, champion_uri
+
+    store = _store(params_file, create_experiment=False)
+    uri = model or champion_uri(store.target.experiment)
+    max_body_bytes = int(max_body_mb * 2**20)
+    serve_model(uri, Registry(store), host, port, typer.echo, max_body_bytes)
+
+
+@app.command()
+@friendly_errors
+def samples(
+    data_dir: Annotated[Path, typer.Option(help="preprocessed tensors")] = PROCESSED_DIR,
+    out_dir: Annotated[Path, typer.Option(help="where the images go")] = Path("samples"),
+    count: Annotated[int, typer.Option(min=1, max=1000, help="test images to write")] = 3,
+) -> None:
+    """Write test images as PNGs (for `predict`) and as a request body (for `serve`)."""
+    from fashion_mlp.samples import REQUEST_FILE, write_samples
+
+    written = write_samples(data_dir, out_dir, count)
+    typer.echo(f"{out_dir}: {', '.join(path.name for path in written)}, {REQUEST_FILE}")
 
 
 @app.command()

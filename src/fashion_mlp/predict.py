@@ -1,9 +1,11 @@
 """Command `predict`: classify 28x28 grayscale images with a tracked (or saved) model.
 
 Reads PNG files (8-bit grayscale, 28 x 28, Fashion-MNIST's convention: light garment on a dark
-background) or IDX image files (gzip or plain, like `data/raw/t10k-images-idx3-ubyte.gz`; only
-the images shown are decompressed). The model is any MLflow model URI (default: the registered
-`champion`) or a local checkpoint such as `models/mlp1/model.pt`.
+background; one frame, not an animation) or IDX image files (gzip or plain, like
+`data/raw/t10k-images-idx3-ubyte.gz`; only the images shown are decompressed), told apart by
+their first bytes, so a PNG need not be named `.png`. It reads files only, never standard input
+(`-`). The model is any MLflow model URI (default: the registered `champion`) or a local
+checkpoint such as `models/mlp1/model.pt`.
 
 A logged model is loaded only if it is exactly what our `train` logs (tracking/registry.py: the
 pt2 format, no code, the files recorded when it was logged): it is downloaded, checked, then
@@ -19,21 +21,32 @@ import torch
 
 from fashion_mlp.errors import PipelineError
 from fashion_mlp.model import as_inputs
-from fashion_mlp.preprocess import read_idx_images
+from fashion_mlp.preprocess import GZIP_MAGIC, IDX_UINT8_MAGIC, read_idx_images
 from fashion_mlp.tracking.registry import Registry, load_checked_model
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# What shells and most tools call standard input.
+STDIN_NAME = "-"
 
 
 def read_png(path: Path) -> torch.Tensor:
     """One 28 x 28 grayscale PNG as a 1 x 28 x 28 uint8 tensor; PipelineError if it is not.
 
     The size is read from the header before any pixel is decoded, so a huge image (a
-    decompression bomb) is refused for its size, not decoded.
+    decompression bomb) is refused for its size, not decoded. Only Pillow's PNG decoder is
+    tried: whatever else a file holds is not handed to another format's parser.
     """
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=["PNG"]) as image:
+            # Pillow decodes an APNG's first frame as if it were the whole image.
+            if getattr(image, "n_frames", 1) > 1:
+                raise PipelineError(
+                    f"{path}: an animated PNG ({image.n_frames} frames); predict classifies "
+                    "one still image per file: save the frame you mean as a PNG of its own"
+                )
             if image.size != (28, 28):
                 width, height = image.size
                 raise PipelineError(f"{path}: expected 28 x 28 pixels, got {width} x {height}")
@@ -53,6 +66,13 @@ def read_png(path: Path) -> torch.Tensor:
         raise PipelineError(
             f"{path}: expected 28 x 28 pixels, refused before decoding: {reason}"
         ) from None
+    except ValueError as err:
+        # Pillow's refusal of a text (zTXt, iTXt) or colour-profile (iCCP) chunk that inflates
+        # past its limit: a decompression bomb in the metadata.
+        raise PipelineError(
+            f"{path}: refused before decoding: a text or colour-profile chunk inflates too far "
+            f"({err})"
+        ) from None
     except (UnidentifiedImageError, OSError):
         raise PipelineError(f"{path}: not a readable image") from None
     return torch.from_numpy(pixels).unsqueeze(0)
@@ -61,9 +81,29 @@ def read_png(path: Path) -> torch.Tensor:
 def read_images(path: Path, limit: int | None = None) -> torch.Tensor:
     """N x 28 x 28 uint8 images from a PNG or an IDX file (at most `limit` from an IDX file)."""
     path = Path(path)
-    if path.suffix.lower() == ".png":
+    if str(path) == STDIN_NAME and not path.exists():
+        raise PipelineError(
+            "-: predict reads image files, not standard input; save the image to a file and "
+            "pass its path"
+        )
+    start = _first_bytes(path, len(PNG_SIGNATURE))
+    if path.suffix.lower() == ".png" or start == PNG_SIGNATURE:
         return read_png(path)
+    if start and not start.startswith((GZIP_MAGIC, IDX_UINT8_MAGIC)):
+        raise PipelineError(
+            f"{path}: neither a PNG nor an IDX image file; predict reads 28 x 28 grayscale "
+            "PNGs and IDX image files"
+        )
     return read_idx_images(path, limit)
+
+
+def _first_bytes(path: Path, count: int) -> bytes:
+    """The file's first `count` bytes; none if it cannot be read (its reader then says why)."""
+    try:
+        with path.open("rb") as file:
+            return file.read(count)
+    except OSError:
+        return b""
 
 
 def load_model(model: str, registry: Registry) -> tuple[torch.nn.Module, str]:

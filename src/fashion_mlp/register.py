@@ -11,6 +11,11 @@ and the run id are printed, and live in MLflow).
 
     fashion-mlp register --models-dir models --metrics-dir metrics --out reports/champion.json
 
+Registry moves come only from the main workspace's `dvc repro`. Under `dvc exp run`
+(queued or not; DVC sets DVC_EXP_NAME) the stage checks the same things and writes the same
+file, but leaves the alias alone: an experiment must not change what production serves. To
+promote an experiment's model: `dvc exp apply NAME && dvc repro --force --single-item register`.
+
 Then: `fashion-mlp predict image.png`, or `fashion-mlp serve`.
 """
 
@@ -30,9 +35,11 @@ def register_champion(
     runs: Runs,
     registry: Registry,
     inputs: InputSnapshot,
-) -> ChampionVersion:
-    """Promote the champion's run; `inputs` (the params file that named it) must not have
-    changed since it was read, nor the model and metrics since they are read here."""
+    experiment: str | None,
+) -> ChampionVersion | None:
+    """Promote the champion's run, unless this is DVC experiment `experiment` (then None);
+    `inputs` (the params file that named it) must not have changed since it was read, nor
+    the model and metrics since they are read here."""
     model_file = Path(models_dir) / champion / MODEL_FILE
     metrics_file = Path(metrics_dir) / f"{champion}.json"
     inputs = inputs.extended(model_file, metrics_file)
@@ -40,6 +47,6 @@ def register_champion(
     metrics = read_metrics(metrics_file)
     trained = runs.trained(champion, digest, evaluated=True)
     inputs.verify()
-    version = registry.promote(trained)
+    version = None if experiment else registry.promote(trained)
     write_json(Path(out), {"model": champion, "weights_sha256": digest, **metrics})
     return version

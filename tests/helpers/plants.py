@@ -1,7 +1,9 @@
 """What an attacker with write access to the registry can plant as the champion."""
 
-import shutil
 import tempfile
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -38,17 +40,12 @@ def plant_pickle_champion(store: str, marker: Path, experiment: str = "fashion-m
 
 def plant_code_champion(store: str, marker: Path) -> None:
     """What a member with EDIT on the registered model can do: copy the genuine champion's
-    files, add a loader module of their own, log that, register it and move the alias. The
-    pt2 data stays genuine; the code runs whenever MLflow's pyfunc loads the model."""
-    import mlflow
+    files, add a loader module of their own, log that as a model with the hash of its own files,
+    register it and move the alias. The pt2 data stays genuine; the code runs whenever MLflow's
+    pyfunc loads the model."""
     import yaml
 
-    client = mlflow.MlflowClient(store)
-    mlflow.set_tracking_uri(store)
-    genuine = client.get_model_version_by_alias("fashion-mlp", "champion")
-    with tempfile.TemporaryDirectory() as scratch:
-        folder = Path(mlflow.artifacts.download_artifacts(genuine.source, dst_path=scratch))
-        (folder / "registered_model_meta").unlink(missing_ok=True)
+    def add_loader(folder: Path) -> None:
         (folder / "code").mkdir()
         (folder / "code/evil_loader.py").write_text(
             f"open({str(marker)!r}, 'w').close()\nfrom mlflow.pytorch import _load_pyfunc\n"
@@ -56,10 +53,44 @@ def plant_code_champion(store: str, marker: Path) -> None:
         spec = yaml.safe_load((folder / "MLmodel").read_text())
         spec["flavors"]["python_function"] |= {"loader_module": "evil_loader", "code": "code"}
         (folder / "MLmodel").write_text(yaml.safe_dump(spec))
-        experiment = client.get_experiment_by_name("fashion-mlp").experiment_id
-        with mlflow.start_run(experiment_id=experiment) as run:
-            client.log_artifacts(run.info.run_id, str(folder), "planted")
-        source = f"runs:/{run.info.run_id}/planted"
-        version = client.create_model_version("fashion-mlp", source, run.info.run_id)
-    client.set_registered_model_alias("fashion-mlp", "champion", version.version)
-    shutil.rmtree(Path(scratch), ignore_errors=True)
+
+    plant_champion_copy(store, add_loader)
+
+
+def plant_champion_copy(
+    store: str, change: Callable[[Path], None] | None = None, experiment: str = "fashion-mlp"
+) -> Path:
+    """Log the genuine champion's files, after `change` (if any) alters them, as a LoggedModel
+    of its own whose files-hash tag matches them (anyone who logs a model sets its tags), make it
+    the champion, and return the folder where the artifact store keeps its files."""
+    import mlflow
+
+    from fashion_mlp.tracking.runs import DOWNLOAD_NOTE, FILES_TAG, files_digest
+
+    client = mlflow.MlflowClient(store)
+    genuine = client.get_model_version_by_alias(experiment, "champion")
+    original = client.get_logged_model(genuine.source.removeprefix("models:/"))
+    tags = {key: value for key, value in original.tags.items() if key.startswith("fashion_mlp.")}
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(
+            mlflow.artifacts.download_artifacts(
+                genuine.source, dst_path=scratch, tracking_uri=store
+            )
+        )
+        (folder / DOWNLOAD_NOTE).unlink(missing_ok=True)
+        if change is not None:
+            change(folder)
+        copy = client.create_logged_model(
+            original.experiment_id,
+            name=original.name,
+            source_run_id=original.source_run_id,
+            tags=tags | {FILES_TAG: files_digest(folder)},
+        )
+        client.log_model_artifacts(copy.model_id, str(folder))
+    client.finalize_logged_model(copy.model_id, "READY")
+    version = client.create_model_version(
+        experiment, f"models:/{copy.model_id}", original.source_run_id, model_id=copy.model_id
+    )
+    client.set_registered_model_alias(experiment, "champion", version.version)
+    location = client.get_logged_model(copy.model_id).artifact_location
+    return Path(urllib.request.url2pathname(urllib.parse.urlparse(location).path))

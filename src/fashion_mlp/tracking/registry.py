@@ -15,15 +15,22 @@ moment it is loaded, and a tracking server is not a place to trust.
 
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fashion_mlp.errors import PipelineError
-from fashion_mlp.tracking.runs import FILES_TAG, MODEL_TAG, TrainedRun, files_digest, logged_files
-from fashion_mlp.tracking.store import Store, translated
+from fashion_mlp.tracking.runs import (
+    FILES_TAG,
+    MODEL_TAG,
+    WEIGHTS_TAG,
+    TrainedRun,
+    files_digest,
+    logged_files,
+)
+from fashion_mlp.tracking.store import Store, drop_duplicates, translated
 
 CHAMPION_ALIAS = "champion"
 VERSIONS_TAG = "mlflow.modelVersions"
@@ -50,7 +57,7 @@ class ChampionVersion:
     version: int
     model_id: str
     run_id: str
-    created: bool  # False when the alias already pointed at this model
+    moved: bool  # False when the alias already pointed at this model
 
 
 class Registry:
@@ -64,8 +71,8 @@ class Registry:
 
     @translated
     def promote(self, trained: TrainedRun) -> ChampionVersion:
-        """Point the alias `champion` at a version holding `trained`'s model (a new version
-        unless the alias already points at that very model)."""
+        """Point the alias `champion` at the version holding `trained`'s model: the one that
+        already does, or a new one. Retried, it makes no second version."""
         from mlflow.exceptions import MlflowException
 
         client = self.store.client
@@ -77,29 +84,52 @@ class Registry:
             current = None
         if current is not None and _model_id_of(current) == trained.model_id:
             return ChampionVersion(
-                self.name, int(current.version), trained.model_id, trained.run_id, created=False
+                self.name, int(current.version), trained.model_id, trained.run_id, moved=False
             )
         try:
             client.create_registered_model(self.name)
         except MlflowException as err:
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
+        version = self._existing_version(trained) or self._new_version(trained)
+        client.set_registered_model_alias(self.name, CHAMPION_ALIAS, version)
+        return ChampionVersion(
+            self.name, int(version), trained.model_id, trained.run_id, moved=True
+        )
+
+    def _versions_of(self, trained: TrainedRun) -> list[str]:
+        """This registered model's versions that hold `trained`'s model, oldest first."""
+        found = self.store.client.search_model_versions(
+            f"name = '{self.name}' and run_id = '{trained.run_id}'"
+        )
+        mine = [v.version for v in found if _model_id_of(v) == trained.model_id]
+        return sorted(mine, key=int)
+
+    def _existing_version(self, trained: TrainedRun) -> str | None:
+        versions = self._versions_of(trained)
+        return versions[0] if versions else None
+
+    def _new_version(self, trained: TrainedRun) -> str:
+        client = self.store.client
         version = client.create_model_version(
             self.name,
             source=f"models:/{trained.model_id}",
             run_id=trained.run_id,
             model_id=trained.model_id,
+        ).version
+        # No version of this model existed before: any other one now is a retried create's.
+        drop_duplicates(
+            self._versions_of(trained),
+            version,
+            lambda duplicate: client.delete_model_version(self.name, duplicate),
         )
-        client.set_registered_model_alias(self.name, CHAMPION_ALIAS, version.version)
         # The LoggedModel lists its registry versions (the Models tab's "Registered models"),
         # as MLflow's own register_model records them.
         logged = client.get_logged_model(trained.model_id)
         versions = json.loads(logged.tags.get(VERSIONS_TAG, "[]"))
-        versions.append({"name": self.name, "version": version.version})
+        versions.append({"name": self.name, "version": version})
         client.set_logged_model_tags(trained.model_id, {VERSIONS_TAG: json.dumps(versions)})
-        return ChampionVersion(
-            self.name, int(version.version), trained.model_id, trained.run_id, created=True
-        )
+        return version
 
     @translated
     def _describe(self, uri: str) -> tuple[Any, dict[str, str]]:
@@ -132,6 +162,7 @@ class Registry:
             "run_id": logged.source_run_id or "",
             "version": str(version.version) if version is not None else "",
             "registered_model": version.name if version is not None else "",
+            "weights_sha256": logged.tags.get(WEIGHTS_TAG, ""),
         }
         return logged, about
 
@@ -151,10 +182,13 @@ class Registry:
 
     @contextmanager
     def _downloaded(self, uri: str) -> Iterator[Path]:
+        import logging
         import os
 
-        # A download progress bar would interleave with what the command prints.
+        # A download progress bar would interleave with what the command prints, and MLflow's
+        # note that a model's files are gone would precede our own line saying so.
         os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+        logging.getLogger("mlflow.store.artifact.artifact_repo").setLevel(logging.WARNING)
         with tempfile.TemporaryDirectory(prefix="fashion-mlp-model-") as scratch:
             yield Path(self._download(uri, scratch))
 
@@ -182,17 +216,20 @@ def refuse_unsafe_model(uri: str, folder: Path, recorded_digest: str | None) -> 
 
     folder = Path(folder)
     files = {path.relative_to(folder).as_posix() for path in logged_files(folder)}
-    if not files:
-        raise PipelineError(
-            f"cannot load model {uri}: its files are gone from the artifact store; retrain "
-            "and register it (`dvc repro --force train@MODEL register`)"
-        )
     extra, missing = sorted(files - MODEL_FILES), sorted(MODEL_FILES - files)
-    if extra or missing:
-        found = f"unexpected {', '.join(extra)}" if extra else f"no {', '.join(missing)}"
+    if extra:
         raise PipelineError(
-            f"refusing model {uri}: not a model fashion-mlp trained ({found}); loading it "
-            "could run code from whoever logged it"
+            f"refusing model {uri}: not a model fashion-mlp trained (unexpected "
+            f"{', '.join(extra)}); loading it could run code from whoever logged it"
+        )
+    # Fewer files than train writes, and none of another's: deleted from the artifact store
+    # (by hand, `mlflow gc`, a lifecycle rule) or never fully uploaded. Nothing to fear, nothing
+    # to load.
+    if missing:
+        gone = ", ".join(missing) if files else "all its files"
+        raise PipelineError(
+            f"cannot load model {uri}: {gone} missing from the artifact store (deleted?); "
+            "retrain and register it (`dvc repro --force train@MODEL register`)"
         )
     try:
         flavors = yaml.safe_load((folder / "MLmodel").read_text(encoding="utf-8"))["flavors"]
@@ -226,13 +263,25 @@ def refuse_unsafe_model(uri: str, folder: Path, recorded_digest: str | None) -> 
 def load_checked_model(folder: Path) -> Any:
     """Load a model folder that `refuse_unsafe_model` accepted (a torch.export graph, already in
     inference mode), with MLflow's pickle loading switched off as a second guard."""
-    import os
-
     import mlflow
+
+    return _load_without_pickle(folder, mlflow.pytorch.load_model, map_location="cpu")
+
+
+def load_checked_pyfunc(folder: Path) -> Any:
+    """The same folder as the PyFuncModel that MLflow's scoring server serves (with its
+    signature); its loader is `mlflow.pytorch`, as `refuse_unsafe_model` checked."""
+    import mlflow
+
+    return _load_without_pickle(folder, mlflow.pyfunc.load_model)
+
+
+def _load_without_pickle(folder: Path, load: Callable[..., Any], **options: Any) -> Any:
+    import os
 
     os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
     try:
-        return mlflow.pytorch.load_model(str(folder), map_location="cpu")
+        return load(str(folder), **options)
     except Exception as err:
         reason = " ".join(str(err).split())[:200] or type(err).__name__
         raise PipelineError(f"cannot load model {folder} ({reason})") from None

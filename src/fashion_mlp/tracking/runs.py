@@ -25,6 +25,7 @@ import os
 import socket
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from fashion_mlp.errors import PipelineError
-from fashion_mlp.tracking.store import Store, translated, translated_call
+from fashion_mlp.tracking.store import Store, drop_duplicates, translated, translated_call
 
 MODEL_TAG, STAGE_TAG = "fashion_mlp.model", "fashion_mlp.stage"
 WEIGHTS_TAG, MODEL_ID_TAG = "fashion_mlp.weights_sha256", "fashion_mlp.model_id"
@@ -45,6 +46,8 @@ HOST_TAG, BOOT_TAG, PID_NAMESPACE_TAG = (
 PID_TAG, STARTED_TAG = "fashion_mlp.pid", "fashion_mlp.pid_started"
 CLOSED_TAG, CLOSED_ORPHANS_TAG = "fashion_mlp.closed_by", "fashion_mlp.closed_orphans"
 ATTEMPTS_TAG = "fashion_mlp.attempts"
+# A fresh token per create, to find the copy a retried POST left (store.drop_duplicates).
+CREATE_TOKEN_TAG = "fashion_mlp.create_token"
 EVALUATED_TAG = "fashion_mlp.evaluated"
 # On a LoggedModel: the SHA-256 of its files, as logged (registry.fetch checks it).
 FILES_TAG = "fashion_mlp.files_sha256"
@@ -217,8 +220,13 @@ class Run:
             return
         if resume is not None:
             all_tags[ATTEMPTS_TAG] = "1"
+        token = all_tags[CREATE_TOKEN_TAG] = uuid.uuid4().hex
         run = client.create_run(self.store.experiment_id, run_name=name, tags=all_tags)
         self.run_id = run.info.run_id
+        copies = client.search_runs(
+            [self.store.experiment_id], f"tags.`{CREATE_TOKEN_TAG}` = '{token}'"
+        )
+        drop_duplicates([copy.info.run_id for copy in copies], self.run_id, client.delete_run)
         self._params = dict(params)
         if params:
             from mlflow.entities import Param
@@ -301,12 +309,19 @@ class Run:
         # Created here, not by log_model: given the run, log_model would also link every metric
         # the run logged at that step (the last epoch's, and system metrics) to the model, beside
         # the evaluation's. The Models tab should show what evaluate measured, on its data.
+        token = uuid.uuid4().hex
         logged = client.create_logged_model(
             self.store.experiment_id,
             name=name,
             source_run_id=self.run_id,
             params={key: str(value) for key, value in self._params.items()},
-            tags={MODEL_TAG: name, WEIGHTS_TAG: digest},
+            tags={MODEL_TAG: name, WEIGHTS_TAG: digest, CREATE_TOKEN_TAG: token},
+        )
+        copies = client.search_logged_models(
+            [self.store.experiment_id], f"tags.`{CREATE_TOKEN_TAG}` = '{token}'"
+        )
+        drop_duplicates(
+            [copy.model_id for copy in copies], logged.model_id, client.delete_logged_model
         )
         mlflow.pytorch.log_model(
             model,
@@ -535,6 +550,18 @@ class Runs:
         if evaluated:
             found = [run for run in found if run.data.tags.get(EVALUATED_TAG)]
         if not found:
+            from mlflow.entities import ViewType
+
+            deleted = client.search_runs(
+                [self.store.experiment_id], query, ViewType.DELETED_ONLY, max_results=1
+            )
+            if deleted:
+                raise PipelineError(
+                    f"the run that trained {model!r} into these weights ({deleted[0].info.run_id}"
+                    f") is deleted in {self.store.target.shown_uri}; restore it with `mlflow "
+                    f"runs restore --run-id {deleted[0].info.run_id}`, or retrain: "
+                    f"`dvc repro --force train@{model}`"
+                )
             what = "evaluated run" if evaluated else "finished run"
             raise PipelineError(
                 f"no {what} of {model!r} with these weights (sha256 {digest[:12]}...) in "

@@ -68,6 +68,13 @@ def resolve_target(settings: TrackingSettings, uri: str | None, root: Path) -> T
     MLFLOW_TRACKING_URI) over params `mlflow.tracking_uri`; a relative SQLite path is made
     absolute against `root` (the project root)."""
     chosen = uri or settings.tracking_uri
+    if redact(chosen) != chosen:
+        # A URI is printed in links and error lines, kept in shell history and, from
+        # params.yaml, in git: credentials in it would leak.
+        raise PipelineError(
+            f"the tracking URI {redact(chosen)} holds a user name and password; take them out "
+            "and set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead"
+        )
     if chosen.startswith(SQLITE_PREFIX):
         path = Path(urllib.parse.unquote(chosen.removeprefix(SQLITE_PREFIX)))
         if not path.is_absolute():
@@ -80,6 +87,15 @@ def resolve_target(settings: TrackingSettings, uri: str | None, root: Path) -> T
 
 def sqlite_path(uri: str) -> Path:
     return Path(urllib.parse.unquote(uri.removeprefix(SQLITE_PREFIX)))
+
+
+def drop_duplicates(found: list[str], kept: str, delete: Callable[[str], Any]) -> None:
+    """Delete every id in `found` but `kept`. MLflow's client retries a POST whose answer came
+    too late (a slow server or proxy), and the server may have done the first one too: a create
+    found twice by the token it was tagged with leaves its first copy behind, empty."""
+    for duplicate in found:
+        if duplicate != kept:
+            delete(duplicate)
 
 
 def redact(text: str) -> str:
@@ -96,9 +112,16 @@ class Store:
     """One process's connection to the tracking store: the MLflow client and the experiment id
     (the experiment is created on first use)."""
 
-    def __init__(self, target: TrackingTarget, create_experiment: bool = True):
+    def __init__(
+        self,
+        target: TrackingTarget,
+        create_experiment: bool = True,
+        launched_by: str | None = None,
+    ):
         self.target = target
         self._create = create_experiment
+        # The run `mlflow run` opened around this process (its MLFLOW_RUN_ID), if any.
+        self._launched_by = launched_by
         self._connection: tuple[Any, str] | None = None
         # True once this process created the experiment: it then holds no runs of anyone's.
         self.created_experiment = False
@@ -187,9 +210,23 @@ class Store:
                 f"experiments restore --experiment-id {experiment.experiment_id}`, or set "
                 "mlflow.experiment to another name"
             )
+        if self._launched_by:
+            self._check_launcher(client, experiment)
         # MLflow's model logging files a LoggedModel under the process-wide experiment.
         mlflow.set_experiment(experiment_id=experiment.experiment_id)
         return client, experiment.experiment_id
+
+    def _check_launcher(self, client: Any, experiment: Any) -> None:
+        """`mlflow run` without --experiment-name opens its run in "Default": the stage's run
+        would then sit in another experiment than the run users find in the UI."""
+        launcher = client.get_run(self._launched_by)
+        if launcher.info.experiment_id != experiment.experiment_id:
+            name = client.get_experiment(launcher.info.experiment_id).name
+            raise PipelineError(
+                f"`mlflow run` opened run {self._launched_by} in experiment {name!r}, but this "
+                f"project tracks into {self.target.experiment!r}; rerun it with "
+                f"--experiment-name {self.target.experiment}"
+            )
 
     def _create_experiment(self, client: Any) -> Any:
         from mlflow.exceptions import MlflowException
@@ -281,6 +318,12 @@ def _reason(err: BaseException) -> str:
             "CERTIFICATE_VERIFY_FAILED",
             "its TLS certificate is not trusted; set "
             "MLFLOW_TRACKING_SERVER_CERT_PATH to the server's CA certificate",
+        ),
+        (
+            # nginx's answer to plain HTTP on its TLS port (deploy/nginx-mlflow.conf).
+            "The plain HTTP request was sent to HTTPS port",
+            "it speaks HTTPS only; use https:// in MLFLOW_TRACKING_URI and, if a password was "
+            "set, change it: this request sent it unencrypted",
         ),
     ):
         if cause in text:
