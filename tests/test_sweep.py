@@ -520,6 +520,7 @@ def test_a_tracking_server_that_dies_mid_sweep_stops_it_with_one_line(
     assert statuses and {status for (status,) in statuses} == {"KILLED"}
 
 
+@pytest.mark.ray  # imports Ray (4 s), though it refuses before starting one
 def test_a_trial_that_needs_more_cpus_than_the_machine_has_is_refused_before_any_run(
     sweep_project,
 ):

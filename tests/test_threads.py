@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 
 from fashion_mlp.errors import PipelineError
 from fashion_mlp.threads import CoreShare, available_cores, threads_for
+from helpers.markers import require
 from helpers.process import CLI, stage_env
 from helpers.projects import wide_project as make_wide_project
 
@@ -60,6 +62,56 @@ def test_a_registry_folder_someone_else_can_write_is_refused(tmp_path):
     os.mkfifo(registry / "planted.training")
     with CoreShare(registry) as share:  # the FIFO is skipped, never opened for reading
         assert share.live_trainings() == 1
+
+
+SQUATTER = "fashion-mlp-squatter"
+
+
+def as_other_user(command: list[str]) -> list[str]:
+    """`command` as a second local account, created on first use (needs root)."""
+    if subprocess.run(["id", SQUATTER], capture_output=True).returncode != 0:
+        made = subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SQUATTER],
+            capture_output=True,
+            text=True,
+        )
+        require(made.returncode == 0, f"cannot add a second user: {made.stderr.strip()}")
+    return ["runuser", "-u", SQUATTER, "--", *command]
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A folder like /tmp (anyone may create, nobody may remove another's), reachable by every
+    user: pytest's own tmp_path is private to this one."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="fashion-mlp-shared-", dir="/tmp"))
+    folder.chmod(0o1777)
+    yield folder
+    shutil.rmtree(folder)
+
+
+@pytest.mark.slow
+def test_a_registry_another_user_planted_stops_a_training_with_one_line(wide_project, shared_tmp):
+    """The default registry's path is predictable: another user can create it first, holding
+    a FIFO that used to freeze the victim's training before its first batch."""
+    planted = shared_tmp / f"fashion-mlp-{os.getuid()}" / "trainings"
+    for step in (["mkdir", "-p", "-m", "0755", str(planted)], ["mkfifo", str(planted / "x")]):
+        subprocess.run(as_other_user(step), check=True)
+    env = {k: v for k, v in stage_env(TMPDIR=str(shared_tmp)).items() if k != "XDG_RUNTIME_DIR"}
+    command = [CLI, "train", "mlp1", "--no-progress", "--no-tracking", "--out-dir", "out"]
+    # The timeout turns the old hang into a failure.
+    done = subprocess.run(
+        command, cwd=wide_project, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"error: {planted.parent}: the training core registry must be a folder of yours that "
+        f"nobody else can write (owner uid {planted.stat().st_uid}, mode drwxr-xr-x); remove "
+        "it, or set FASHION_MLP_CORE_REGISTRY to a private folder"
+    ]
+    assert not (wide_project / "out").exists()
 
 
 def test_a_fixed_thread_count_is_used_as_given_without_registering(tmp_path):

@@ -20,7 +20,7 @@ from fashion_mlp.preprocess import preprocess
 from fashion_mlp.splits import Split
 from fashion_mlp.train import fit, resolve_device
 from helpers.data import declared_params, spec, train_params, write_params
-from helpers.markers import require_gpu
+from helpers.markers import require, require_gpu
 from helpers.process import CLI, logged_steps, wait_until
 
 SPEC = spec()
@@ -219,22 +219,33 @@ def test_cli_train_without_tracking_writes_the_model_but_no_run(workdir, params)
     assert not Path(store).exists()
 
 
-def start_long_training(workdir: Path, params: dict) -> subprocess.Popen:
-    """`fashion-mlp train mlp1` as a process, returned once its second epoch is logged."""
-    # Batches of one image: an epoch is hundreds of steps, so a signal lands inside one.
-    params["train"] |= {"epochs": 1000, "batch_size": 1}
+def start_training(
+    workdir: Path, params: dict, epochs: int, launcher: tuple[str, ...] = ()
+) -> subprocess.Popen:
+    """`fashion-mlp train mlp1` of `epochs` epochs as a process (started by `launcher`, if any),
+    in batches of one image (an epoch is hundreds of steps, so a signal or an edit lands inside
+    one), returned once it has printed its first epoch."""
+    params["train"] |= {"epochs": epochs, "batch_size": 1}
     configured(workdir, params)
     write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
     process = subprocess.Popen(
-        [CLI, "train", "mlp1", "--no-progress"],
+        [*launcher, CLI, "train", "mlp1", "--no-progress"],
         cwd=workdir,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     for line in process.stdout:
-        if "mlp1 epoch 2/" in line:
+        if "mlp1 epoch 1/" in line:
             break
+    return process
+
+
+def start_long_training(
+    workdir: Path, params: dict, launcher: tuple[str, ...] = ()
+) -> subprocess.Popen:
+    """A training that will not end by itself, returned once the store holds two epochs."""
+    process = start_training(workdir, params, 1000, launcher)
     # MLflow logs in the background: wait until the store holds the two epochs.
     store = Path(params["mlflow"]["tracking_uri"].removeprefix("sqlite:///"))
     wait_until(lambda: logged_steps(store, "test_acc") >= 2, "two logged epochs", None, 60)
@@ -321,6 +332,28 @@ def test_cleanup_leaves_runs_of_live_processes_and_other_hosts_alone(workdir, pa
         "elsewhere": "RUNNING",
     }
     assert "closed 2 runs" in result.output
+
+
+@pytest.mark.slow
+def test_a_training_in_another_pid_namespace_is_never_closed_by_this_ones_cleanup(workdir, params):
+    """A container on this host: same host name and boot, its own pids. Its training's pid
+    means another process here (or none), so only the namespace tells the two apart."""
+    import mlflow
+
+    container = ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child")
+    probe = subprocess.run([*container, "true"], capture_output=True)
+    require(probe.returncode == 0, f"unshare cannot make a PID namespace: {probe.stderr!r}")
+    process = start_long_training(workdir, params, container)
+    try:
+        result = CliRunner().invoke(app, ["cleanup-runs"])
+        assert result.exit_code == 0 and "closed 0 runs" in result.output, result.output
+        mlflow.set_tracking_uri(params["mlflow"]["tracking_uri"])
+        (run,) = mlflow.search_runs(experiment_names=["fashion-mlp"], output_format="list")
+        assert run.info.status == "RUNNING"
+        assert int(run.data.tags["fashion_mlp.pid"]) < 10  # the container's own numbering
+    finally:
+        process.kill()
+        process.communicate(timeout=60)
 
 
 def test_cleanup_fails_the_logged_model_a_killed_run_left_pending(workdir, params):
@@ -452,26 +485,12 @@ def test_weight_averaging_keeps_the_exponential_average_of_the_weights(splits):
 
 
 @pytest.mark.slow
-def test_a_config_rewritten_while_training_runs_fails_the_stage_and_writes_nothing(
-    workdir, params
-):
+def test_a_config_rewritten_while_training_runs_fails_the_stage_and_writes_nothing(workdir, params):
     """Two `dvc exp run` in one workspace: the second rewrites params.yaml and configs/ while
     the first trains. The first must not write a model that matches neither config."""
     import mlflow
 
-    params["train"] |= {"epochs": 3, "batch_size": 1}
-    configured(workdir, params)
-    write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
-    process = subprocess.Popen(
-        [CLI, "train", "mlp1", "--no-progress"],
-        cwd=workdir,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    for line in process.stdout:
-        if "mlp1 epoch 1/" in line:
-            break
+    process = start_training(workdir, params, epochs=3)
     params["train"]["lr"] = 0.01  # what the other experiment's configure writes
     configured(workdir, params)
     _, stderr = process.communicate(timeout=120)
@@ -485,6 +504,7 @@ def test_a_config_rewritten_while_training_runs_fails_the_stage_and_writes_nothi
     assert run.info.status == "FAILED"
 
 
+@pytest.mark.slow
 def test_outputs_are_replaced_together_or_the_old_ones_stay(workdir, params, monkeypatch):
     """A failure while the new files move in (here: the last of the three) puts back the ones
     already moved, so a new model never sits beside an old history or old logits."""
@@ -520,3 +540,15 @@ def test_outputs_are_replaced_together_or_the_old_ones_stay(workdir, params, mon
     mlflow.set_tracking_uri(params["mlflow"]["tracking_uri"])
     newest, first = mlflow.search_runs(experiment_names=["fashion-mlp"], output_format="list")
     assert (newest.info.status, first.info.status) == ("FAILED", "FINISHED")
+
+
+def test_a_model_too_big_for_the_memory_is_refused_before_it_is_built(workdir, params):
+    params["models"]["mlp2"]["hidden"] = [65536, 65536]  # 4.4e9 weights: 17 GB of float32
+    configured(workdir, params)
+    write_params(workdir / "params.yaml", declared_params(params, "train", "mlp2"))
+    result = CliRunner().invoke(app, ["train", "mlp2", "--no-progress", "--no-tracking"])
+    assert result.exit_code == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: hidden [65536, 65536]: training needs about 80.9 GiB of memory")
+    assert line.endswith("GiB free; make the layers narrower")
+    assert not (workdir / "models").exists()

@@ -28,8 +28,22 @@ from fashion_mlp.params import ModelSpec
 EVAL_BATCH_SIZE = 8192
 
 
+def layer_sizes(spec: ModelSpec) -> list[int]:
+    return [IN_FEATURES, *spec.hidden, NUM_CLASSES]
+
+
+def training_memory(spec: ModelSpec, batch_size: int) -> tuple[int, int]:
+    """The model's weight count, and a generous estimate of the bytes training it takes:
+    weights, gradients and two optimizer slots, and the activations of the largest batch
+    (a training batch, or an evaluation chunk) with their gradients, all float32."""
+    sizes = layer_sizes(spec)
+    weights = sum(fan_in * fan_out + fan_out for fan_in, fan_out in pairwise(sizes))
+    largest_batch = max(batch_size, EVAL_BATCH_SIZE)
+    return weights, 4 * (4 * weights + 4 * largest_batch * sum(sizes))
+
+
 def build_mlp(spec: ModelSpec, init_std: float, generator: torch.Generator) -> nn.Sequential:
-    sizes = [IN_FEATURES, *spec.hidden, NUM_CLASSES]
+    sizes = layer_sizes(spec)
     layers: list[nn.Module] = [nn.Flatten()]
     for index, (width_in, width_out) in enumerate(pairwise(sizes)):
         linear = nn.Linear(width_in, width_out)

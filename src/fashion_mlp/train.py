@@ -40,7 +40,13 @@ from fashion_mlp.atomic import atomic_paths
 from fashion_mlp.augment import augment
 from fashion_mlp.dataset import NUM_CLASSES
 from fashion_mlp.errors import PipelineError
-from fashion_mlp.model import as_inputs, build_mlp, checkpoint_bytes, predict_logits
+from fashion_mlp.model import (
+    as_inputs,
+    build_mlp,
+    checkpoint_bytes,
+    predict_logits,
+    training_memory,
+)
 from fashion_mlp.numerics import cpu_description, reproducible_numerics
 from fashion_mlp.optimizers import make_optimizer, make_rate_schedule
 from fashion_mlp.params import ModelSpec, RunConfig, TrainParams
@@ -72,9 +78,26 @@ def seeded_model(spec: ModelSpec, params: TrainParams) -> tuple[nn.Sequential, t
 
     torch's global seed is set too: dropout draws from it.
     """
+    refuse_what_cannot_fit(spec, params)
     torch.manual_seed(params.seed)
     generator = torch.Generator().manual_seed(params.seed)
     return build_mlp(spec, params.init_std, generator), generator
+
+
+def refuse_what_cannot_fit(spec: ModelSpec, params: TrainParams) -> None:
+    """Widths that pass validation can still need more memory than the machine has (hidden
+    [65536, 65536] is 4.4e9 weights): say so before torch's allocation fails or the OOM killer
+    strikes."""
+    import psutil
+
+    weights, needed = training_memory(spec, params.batch_size)
+    available = psutil.virtual_memory().available
+    if needed > available:
+        raise PipelineError(
+            f"hidden {list(spec.hidden)}: training needs about {needed / 2**30:.1f} GiB of memory "
+            f"({weights:.3g} weights), this machine has {available / 2**30:.1f} GiB free; make "
+            "the layers narrower"
+        )
 
 
 def weight_average(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
@@ -278,6 +301,7 @@ def train_model(
         # call in the process while it runs, so nothing else may run the model meanwhile.
         digest = sha256(content).hexdigest()
         run.log_model(kept, test_inputs[:5].numpy(), config.name, params.epochs, digest)
+        run.wait()  # outputs only once MLflow holds everything the run logged
         inputs.verify()
         weights_file.write_bytes(content)
         history_file.write_text(history_csv(history), encoding="utf-8")
