@@ -1,8 +1,10 @@
 # `make help` lists the targets. Everything runs from the project's own .venv.
+# Recipes name the venv by its relative path: the project's folder may have spaces in its path.
 VENV := .venv
-BIN := $(CURDIR)/$(VENV)/bin
-# DVC runs each stage's `fashion-mlp …` command through the shell: the venv must be on PATH.
-export PATH := $(BIN):$(PATH)
+BIN := $(VENV)/bin
+# DVC runs each stage's `fashion-mlp …` command through the shell: the venv must be on PATH
+# (absolute: stages may run elsewhere, e.g. queued experiments; spaces are fine in PATH).
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 DATASET_DIR := /usr/share/datasets/fashion-mnist
 MLFLOW_PORT ?= 5000
 # The versions every test and figure here came from; `make constraints` refreshes them.
@@ -11,7 +13,7 @@ CONSTRAINTS := constraints.txt
 # certificates), Chromium (browser test), iproute2 (the Ray cluster test's network namespace).
 TEST_PACKAGES := postgresql chromium iproute2 nginx openssl
 
-.PHONY: help install constraints data test-deps repro results sweep test test-fast bench lint format ui clean
+.PHONY: help install constraints data test-deps repro results exps sweep test test-fast bench lint format ui clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
@@ -39,11 +41,11 @@ data: ## install Debian's dataset-fashion-mnist if possible (else `download` use
 		echo "not root or no apt-get: the download stage will fetch from the URLs in params.yaml"; \
 	fi
 
-test-deps: ## install the Debian packages the tests start (PostgreSQL, Chromium, iproute2)
+test-deps: ## install the Debian packages the tests start (TEST_PACKAGES)
 	@missing=""; \
-	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
-	command -v chromium >/dev/null || missing="$$missing chromium"; \
-	command -v ip >/dev/null || missing="$$missing iproute2"; \
+	for package in $(TEST_PACKAGES); do \
+		dpkg -s $$package >/dev/null 2>&1 || missing="$$missing $$package"; \
+	done; \
 	if [ -z "$$missing" ]; then \
 		echo "test packages found"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -57,6 +59,13 @@ repro: install data ## run the whole pipeline (dvc repro)
 
 results: repro ## dvc repro, then refresh README.md's results table from the metrics
 	fashion-mlp compare --readme README.md
+
+# `dvc exp show` minus what no experiment changes or nobody compares: the deps' hashes, test_loss,
+# the data, sweep and mlflow params; --only-changed then leaves the params an experiment set.
+EXPS_DROP := Created$$|State$$|Executor$$|.*:test_loss$$|data\.|sweep\.|mlflow\.|[^:]*/[^:]*$$|(configs|models|metrics)$$
+
+exps: install ## dvc exp show, narrowed to test accuracy and the params experiments change
+	dvc exp show --no-pager --only-changed --precision 4 --drop '$(EXPS_DROP)' $(ARGS)
 
 sweep: install data ## the Ray Tune hyperparameter sweep (dvc repro sweeps/dvc.yaml:sweep)
 	dvc repro sweeps/dvc.yaml:sweep
@@ -80,7 +89,9 @@ format: install ## apply ruff's fixes and formatting
 
 ui: install ## MLflow UI for the project's store; prints the link to the training runs
 	@echo "open http://127.0.0.1:$(MLFLOW_PORT)/#/experiments?workflowType=machine_learning"
-	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+	mlflow ui --backend-store-uri "$$(python -c 'import pathlib, urllib.parse; \
+		print("sqlite:///" + urllib.parse.quote(str(pathlib.Path("mlflow.db").resolve())))')" \
+		--host 127.0.0.1 --port $(MLFLOW_PORT)
 
 clean: ## remove the venv and caches (not data, models or the MLflow store)
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fashion_mlp.dataset import RAW_FILES
 from helpers.data import (
     PROJECT_ROOT,
-    REAL_DATA_DIR,
     project_params,
+    real_data_params,
     tiny_params,
     write_params,
     write_synthetic_raw,
@@ -301,6 +300,27 @@ def test_a_workspace_experiment_on_one_models_key_reruns_only_that_model(project
     assert newest.data.tags["dvc_exp_name"] in experiments
 
 
+def test_an_experiment_leaves_the_champion_alone_until_it_is_applied(project):
+    import mlflow
+
+    commit_all(project)
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    before = client.get_model_version_by_alias("fashion-mlp", "champion")
+    # mlp2 is the champion: the experiment retrains it, and its register stage runs.
+    output = run(["dvc", "exp", "run", "-S", "++models.mlp2.lr=0.05"], project)
+    assert "register" in stages_run(output)
+    (name,) = re.findall(r"experiment (\S+): registry left alone", output)
+    assert client.get_model_version_by_alias("fashion-mlp", "champion").version == before.version
+
+    run(["git", "checkout", "-q", "--", "."], project)
+    run(["dvc", "checkout", "-q"], project)
+    run(["dvc", "exp", "apply", name], project)
+    output = run(["dvc", "repro", "--force", "--single-item", "register"], project)
+    assert "now points at version 2: mlp2" in output
+    promoted = client.get_model_version_by_alias("fashion-mlp", "champion")
+    assert client.get_run(promoted.run_id).data.params["lr"] == "0.05"
+
+
 def test_editing_a_module_reruns_exactly_the_stages_that_run_it(project):
     def touch(module: str) -> None:
         path = project / "src/fashion_mlp" / module
@@ -360,15 +380,7 @@ def test_every_output_comes_out_byte_identical_from_the_same_inputs(project):
 
 def test_real_data_end_to_end(tmp_path):
     """The real files through the real pipeline with a tiny budget (2 epochs)."""
-    files = [REAL_DATA_DIR / name for name in RAW_FILES.values()]
-    require(
-        all(path.exists() for path in files),
-        f"real Fashion-MNIST not in {REAL_DATA_DIR} (apt-get install dataset-fashion-mnist)",
-    )
-    params = project_params()
-    params["data"]["local_dir"] = str(REAL_DATA_DIR)
-    params["train"]["epochs"] = 2
-    params["models"] = {name: params["models"][name] for name in ("mlp1", "mlp2")}
+    params = real_data_params(epochs=2, models=("mlp1", "mlp2"))
     params["mlflow"]["champion"] = "mlp1"
     params.pop("sweep", None)
     project = make_project(tmp_path / "project", params)

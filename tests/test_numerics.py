@@ -13,10 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fashion_mlp.dataset import RAW_FILES
 from fashion_mlp.numerics import NUMERICS_ENV, cpu_description
-from helpers.data import REAL_DATA_DIR, project_params, write_params
-from helpers.markers import require
+from helpers.data import real_data_params, write_params
 from helpers.process import CLI, stage_env
 from helpers.projects import wide_project
 
@@ -89,15 +87,7 @@ def test_the_cli_runs_with_our_numerics_whatever_the_caller_set(tmp_path):
 
 @pytest.mark.slow
 def test_two_epochs_of_mlp1_on_the_real_data_give_the_committed_weights(tmp_path):
-    files = [REAL_DATA_DIR / name for name in RAW_FILES.values()]
-    require(
-        all(path.exists() for path in files),
-        f"real Fashion-MNIST not in {REAL_DATA_DIR} (apt-get install dataset-fashion-mnist)",
-    )
-    params = project_params()
-    params["data"]["local_dir"] = str(REAL_DATA_DIR)
-    params["train"]["epochs"] = 2
-    params["models"] = {"mlp1": params["models"]["mlp1"]}
+    params = real_data_params(epochs=2, models=("mlp1",))
     project = tmp_path / "project"
     project.mkdir()
     write_params(project / "params.yaml", params)

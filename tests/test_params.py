@@ -240,3 +240,30 @@ def test_cli_stops_before_any_work_with_one_line_and_nonzero_exit(workdir: Path,
         "Input should be 'relu', 'sigmoid', 'tanh', 'gelu' or 'elu'"
     ]
     assert not (workdir / "configs").exists()
+
+
+@pytest.mark.dvc
+def test_dvc_exp_run_set_param_changes_only_that_line_of_params_yaml(tmp_path):
+    """`dvc exp run -S` writes params.yaml back through its own YAML dumper: a file not in the
+    form it writes would come back reformatted, its comments moved, after every experiment."""
+    import difflib
+    import shutil
+
+    from helpers.process import run
+
+    shutil.copy(PROJECT_ROOT / "params.yaml", tmp_path)
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  echo:\n    cmd: echo > out.txt\n    params: [train.lr]\n    outs: [out.txt]\n"
+    )
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"]):
+        run(command, tmp_path)
+    run(["git", "commit", "-q", "-m", "params as committed"], tmp_path)
+    run(["dvc", "exp", "run", "-S", "train.lr=0.2"], tmp_path)
+
+    before = (PROJECT_ROOT / "params.yaml").read_text().splitlines()
+    after = (tmp_path / "params.yaml").read_text().splitlines()
+    changed = [line for line in difflib.unified_diff(before, after, lineterm="", n=0)]
+    assert [line for line in changed if line[:1] in "+-" and line[:3] not in ("+++", "---")] == [
+        "-  lr: 0.1             # learning rate",
+        "+  lr: 0.2             # learning rate",
+    ]

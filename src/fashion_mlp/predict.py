@@ -5,14 +5,15 @@ background; one frame, not an animation) or IDX image files (gzip or plain, like
 `data/raw/t10k-images-idx3-ubyte.gz`; only the images shown are decompressed), told apart by
 their first bytes, so a PNG need not be named `.png`. It reads files only, never standard input
 (`-`). The model is any MLflow model URI (default: the registered `champion`) or a local
-checkpoint such as `models/mlp1/model.pt`.
+checkpoint such as `models/mlp1/model.safetensors`.
 
 A logged model is loaded only if it is exactly what our `train` logs (tracking/registry.py: the
 pt2 format, no code, the files recorded when it was logged): it is downloaded, checked, then
 loaded from that same local copy, with MLflow's pickle loading switched off as a second guard.
 The first line printed names the model that answered.
 
-    fashion-mlp predict shirt.png data/raw/t10k-images-idx3-ubyte.gz --limit 5
+    fashion-mlp samples && fashion-mlp predict samples/*.png
+    fashion-mlp predict data/raw/t10k-images-idx3-ubyte.gz --limit 5
 """
 
 from pathlib import Path

@@ -69,6 +69,23 @@ def project_params() -> dict[str, Any]:
     return yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
 
 
+def real_data_params(epochs: int, models: tuple[str, ...]) -> dict[str, Any]:
+    """The project's params on the real Fashion-MNIST files, `epochs` epochs, only `models`;
+    skipped where the files are missing (failed under CI)."""
+    from helpers.markers import require
+
+    files = [REAL_DATA_DIR / name for name in RAW_FILES.values()]
+    require(
+        all(path.exists() for path in files),
+        f"real Fashion-MNIST not in {REAL_DATA_DIR} (apt-get install dataset-fashion-mnist)",
+    )
+    params = project_params()
+    params["data"]["local_dir"] = str(REAL_DATA_DIR)
+    params["train"]["epochs"] = epochs
+    params["models"] = {name: params["models"][name] for name in models}
+    return params
+
+
 def tiny_params(raw_source: Path, checksums: dict, tracking_uri: str) -> dict[str, Any]:
     """The real params.yaml, shrunk: synthetic data, no URLs, 2 epochs, narrow layers."""
     params = project_params()
