@@ -106,6 +106,9 @@ def new_shell_env() -> dict[str, str]:
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("DVC_", "MLFLOW_", "FASHION_MLP_", "RAY_", "VIRTUAL_ENV"))
+        # `make test` runs this suite: its MAKELEVEL and MAKEFLAGS would make every `make` the
+        # README shows print "make[1]: Entering directory", which a newcomer's shell never sees.
+        and k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES")
     }
     identity = {
         f"GIT_{role}_{key}": value
