@@ -188,6 +188,35 @@ def test_cli_train_of_an_unconfigured_model_fails_before_any_work(workdir, param
     assert not (workdir / "models").exists()
 
 
+@pytest.mark.slow
+def test_the_console_script_exits_with_the_commands_status_and_all_its_output(workdir, params):
+    """`fashion-mlp` ends without the interpreter's teardown (cli.run): what the command printed
+    still reaches the pipe, its run is complete in the store, and the status is the command's."""
+    import mlflow
+
+    params["train"]["epochs"] = 2
+    configured(workdir, params)
+    write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
+    trained = subprocess.run(
+        [CLI, "train", "mlp1", "--no-progress"], cwd=workdir, capture_output=True, text=True
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert trained.stdout.splitlines()[-1].startswith("mlp1: test accuracy ")
+    mlflow.set_tracking_uri(params["mlflow"]["tracking_uri"])
+    (run,) = mlflow.search_runs(experiment_names=["fashion-mlp"], output_format="list")
+    assert (
+        run.info.status == "FINISHED"
+        and logged_steps(
+            Path(params["mlflow"]["tracking_uri"].removeprefix("sqlite:///")), "test_acc"
+        )
+        == 2
+    )
+    failed = subprocess.run([CLI, "train", "mlp9"], cwd=workdir, capture_output=True, text=True)
+    assert failed.returncode == 1 and failed.stderr.startswith("error: configs/mlp9.json")
+    unknown = subprocess.run([CLI, "trian"], cwd=workdir, capture_output=True, text=True)
+    assert unknown.returncode == 2 and "No such command 'trian'" in unknown.stderr
+
+
 def test_device_auto_falls_back_to_cpu_and_cuda_without_a_gpu_is_refused():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
