@@ -4,10 +4,12 @@ targets. They run real commands in temporary copies of the project, one measurem
 1. Two trainings at once vs one after the other, with the thread policy and with the old
    default (every process taking all cores).
 2. Two queued DVC experiments (every model at 1 epoch) with `dvc queue start -j 2` vs `-j 1`.
-3. `dvc repro --force` of the default pipeline: wall time vs the sum of its training epochs,
+3. The edit loop: one d2l model given an lr the run-cache never saw, `dvc repro
+   --no-run-cache`, against that model's epoch seconds.
+4. `dvc repro --force` of the default pipeline: wall time vs the sum of its training epochs,
    and each stage's fixed cost.
-4. The same grid of 8 configurations as a Ray sweep vs as 8 queued DVC experiments (-j 2).
-5. ASHA vs the full grid on those 8: trials finished per minute, best validation accuracy.
+5. The same grid of 8 configurations as a Ray sweep vs as 8 queued DVC experiments (-j 2).
+6. ASHA vs the full grid on those 8: trials finished per minute, best validation accuracy.
 """
 
 import csv
@@ -78,6 +80,7 @@ def project_copy(params: dict[str, Any] | None = None) -> Iterator[Path]:
         (project / ".gitignore").write_text("/mlflow.db\n/mlflow.db.lock\n/mlartifacts/\n")
         run(["git", "init", "-q"], project)
         run(["dvc", "init", "-q"], project)
+        shutil.copy(ROOT / ".dvc/config", project / ".dvc/config")
         shutil.copytree(ROOT / ".dvc/plots", project / ".dvc/plots")
         run(["dvc", "repro", "-q", "preprocess"], project)
         run(["git", "add", "-A"], project)
@@ -234,12 +237,7 @@ def forced_repro() -> tuple[list[str], list[Target]]:
         wall = time.perf_counter() - started
         if current:
             stage_seconds[current] = time.perf_counter() - since
-        epochs = {}
-        for history in project.glob("models/*/history.csv"):
-            with history.open() as stream:
-                epochs[history.parent.name] = sum(
-                    float(row["epoch_seconds"]) for row in csv.DictReader(stream)
-                )
+        epochs = logged_epoch_seconds(project)
     total_epochs = sum(epochs.values())
     ratio = wall / total_epochs
     lines = [
@@ -257,6 +255,78 @@ def forced_repro() -> tuple[list[str], list[Target]]:
     return lines, [
         ("`dvc repro --force` wall / its training epochs <= 1.6", f"{ratio:.2f}", ratio <= 1.6)
     ]
+
+
+def logged_epoch_seconds(project: Path) -> dict[str, float]:
+    """Each model's epoch seconds in its newest training run (MLflow keeps them; no file does)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("fashion-mlp")
+    seconds: dict[str, float] = {}
+    for found in client.search_runs(
+        [experiment.experiment_id],
+        "tags.`fashion_mlp.stage` = 'train'",
+        order_by=["attributes.start_time DESC"],
+    ):
+        name = found.data.tags["fashion_mlp.model"]
+        if name not in seconds:
+            history = client.get_metric_history(found.info.run_id, "epoch_seconds")
+            seconds[name] = sum(metric.value for metric in history)
+    return seconds
+
+
+def edit_loop(repeats: int) -> tuple[list[str], list[Target]]:
+    """The thing users do most: give one d2l model (mlp2) a learning rate the run-cache never
+    saw and run `dvc repro --no-run-cache`. Its wall time against that model's epoch seconds
+    as its run logged them, and against the same epochs trained alone (`--no-tracking`)."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["models"] = {name: params["models"][name] for name in ("mlp1", "mlp2")}
+    params["mlflow"]["champion"] = "mlp1"
+    walls, logged, alone, stages = [], [], [], set()
+    with project_copy(params) as project:
+        log("edit loop: the first dvc repro of mlp1 and mlp2")
+        run(["dvc", "repro", "-q"], project)
+        for attempt in range(repeats):
+            log(f"edit loop {attempt + 1}/{repeats}: a new lr for mlp2, dvc repro --no-run-cache")
+            params["models"]["mlp2"]["lr"] = round(0.09 + 0.001 * attempt, 4)
+            (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+            started = time.perf_counter()
+            output = run(["dvc", "repro", "--no-run-cache"], project)
+            walls.append(time.perf_counter() - started)
+            stages |= set(re.findall(r"Running stage '([^']+)'", output))
+            logged.append(logged_epoch_seconds(project)["mlp2"])
+            alone.append(
+                timed(
+                    lambda: run(
+                        [
+                            str(BIN / "fashion-mlp"),
+                            "train",
+                            "mlp2",
+                            "--no-tracking",
+                            "--no-progress",
+                            "--out-dir",
+                            str(project / "alone"),
+                        ],
+                        project,
+                    )
+                )
+            )
+    wall, epochs = sorted(walls)[len(walls) // 2], sorted(logged)[len(logged) // 2]
+    ratio = wall / epochs
+    lines = [
+        "## The edit loop: mlp2 given a new lr, `dvc repro --no-run-cache`",
+        "",
+        f"Stages that ran: {', '.join(sorted(stages))}.",
+        "",
+        "| what | seconds |",
+        "|---|---|",
+        f"| `dvc repro --no-run-cache`, wall | {cell(walls)} |",
+        f"| mlp2's epochs, as its run logged them | {cell(logged)} |",
+        f"| `fashion-mlp train mlp2 --no-tracking` alone, wall | {cell(alone)} |",
+        f"| **wall / logged epoch seconds** | **{ratio:.2f}** |",
+    ]
+    return lines, [("edit loop: wall / mlp2's epoch seconds <= 2.5", f"{ratio:.2f}", ratio <= 2.5)]
 
 
 def grid_params(asha: bool) -> dict[str, Any]:

@@ -10,10 +10,15 @@ max. The machine is shared and noisy: the ratios, measured side by side, are the
 2. Our trainer: `fashion_mlp.train.fit`, the function the train stage runs
 3. Compute floor: the same forward, backward and SGD steps (and test forward) on preallocated
    tensors of the same shapes, with no data handling at all
-4. Tracking: the train stage (`fashion-mlp train mlp1`) with MLflow vs with --no-tracking
-5. Pipeline: `dvc repro` with nothing to do; `fashion-mlp --help` vs bare `python -c pass`
-6. Parallel work (parallel.py): two trainings at once, queued experiments, `dvc repro --force`
-   and its stages' fixed costs, a Ray sweep against the DVC queue, ASHA against the full grid
+4. Numerics: our trainer with numerics.py's settings against torch's own choice of kernels
+5. System metrics: epochs of our trainer with MLflow's system-metrics monitor running, and not
+6. Tracking: the train stage (`fashion-mlp train mlp1`) with MLflow vs with --no-tracking
+7. Fixed costs by phase (phases.py): where the seconds of `train` and `evaluate` beyond the
+   epochs go
+8. Pipeline: `dvc repro` with nothing to do; `fashion-mlp --help` vs bare `python -c pass`
+9. Parallel work and the pipeline (parallel.py): two trainings at once, queued experiments,
+   the edit loop (one model's params changed, `dvc repro`), `dvc repro --force` and its
+   stages' fixed costs, a Ray sweep against the DVC queue, ASHA against the full grid
 """
 
 import argparse
@@ -31,17 +36,31 @@ from datetime import date
 from itertools import pairwise
 from pathlib import Path
 
+from fashion_mlp.numerics import NUMERICS_ENV
+
+# Before torch loads, as the CLI does: the trainer runs with the pipeline's numerics.
+for _variable, _value in NUMERICS_ENV.items():
+    os.environ.setdefault(_variable, _value)
+
 import torch
 from torch.nn import functional as F
 
 from fashion_mlp.atomic import fill_between_markers, write_text_atomic
 from fashion_mlp.dataset import IN_FEATURES, NUM_CLASSES
 from fashion_mlp.model import build_mlp, predict_logits
-from fashion_mlp.numerics import reproducible_numerics
+from fashion_mlp.numerics import cpu_description, reproducible_numerics
+from fashion_mlp.optimizers import make_optimizer
 from fashion_mlp.params import ModelSpec, Params, RunConfig, load_params
-from fashion_mlp.splits import Split, load_split
-from fashion_mlp.train import fit, make_optimizer
-from parallel import forced_repro, queued_experiments, sweep_vs_queue, two_trainings
+from fashion_mlp.splits import Split, load_split, split_path
+from fashion_mlp.train import fit
+from parallel import (
+    edit_loop,
+    forced_repro,
+    queued_experiments,
+    sweep_vs_queue,
+    two_trainings,
+)
+from phases import phase_section
 from textbook_loop import accuracy, make_loaders, torchvision_layout, train_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,25 +166,25 @@ def interleaved(contenders: dict[str, Callable[[], float]], repeats: int) -> dic
 
 def tracking_overhead(model: str, experiment: str, repeats: int) -> tuple[Timing, Timing]:
     """Train-stage wall time with and without MLflow, runs interleaved so drift hits both."""
-    from fashion_mlp.tracking import TrackingTarget, connect
+    from fashion_mlp.tracking.store import Store, TrackingTarget
 
     with tempfile.TemporaryDirectory() as folder:
         store = f"sqlite:///{Path(folder) / 'mlflow.db'}"
         # An existing store, as in any project after its first run (creating one is one-off).
-        connect(TrackingTarget(store, experiment))
+        assert Store(TrackingTarget(store, experiment)).experiment_id
         runs: dict[str, list[float]] = {"--tracking": [], "--no-tracking": []}
         for _ in range(repeats):
             for flag, seconds in runs.items():
                 command = [
                     str(BIN / "fashion-mlp"),
+                    "--tracking-uri",
+                    store,
                     "train",
                     model,
                     "--no-progress",
                     flag,
                     "--out-dir",
                     str(Path(folder) / flag),
-                    "--tracking-uri",
-                    store,
                 ]
                 started = time.perf_counter()
                 subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
@@ -193,8 +212,6 @@ Target = tuple[str, str, bool]  # what, measured, met
 
 def training_section(params: Params, repeats: int) -> tuple[list[str], list[Target]]:
     data_dir, raw_dir = ROOT / "data/processed", ROOT / "data/raw"
-    if not (data_dir / "train.pt").exists():
-        sys.exit(f"error: {data_dir / 'train.pt'} not found; run `dvc repro preprocess` first")
     train, test = load_split(data_dir, "train"), load_split(data_dir, "test")
     lines = [
         "## Training: seconds per epoch (60,000-image train pass + 10,000-image test accuracy)",
@@ -240,7 +257,7 @@ def training_section(params: Params, repeats: int) -> tuple[list[str], list[Targ
 
 def bookkeeping_section(params: Params, repeats: int) -> tuple[list[str], list[Target]]:
     log("train stage with and without MLflow")
-    tracked, untracked = tracking_overhead("mlp1", params.mlflow.experiment, max(2, repeats // 2))
+    tracked, untracked = tracking_overhead("mlp1", params.tracking.experiment, max(2, repeats // 2))
     share = tracked.median / untracked.median - 1
     log("start-up and dvc repro")
     python = [sys.executable, "-c"]
@@ -277,7 +294,118 @@ def bookkeeping_section(params: Params, repeats: int) -> tuple[list[str], list[T
     return lines, targets
 
 
-SECTIONS = ("training", "bookkeeping", "two-trainings", "queue", "repro", "sweep")
+# Epochs in a fresh process with these settings: what numerics.py costs (or saves).
+NUMERICS_PROBE = """
+import json, sys, torch
+from fashion_mlp.params import load_params
+from fashion_mlp.splits import load_split
+from fashion_mlp.train import fit, seeded_model
+config = load_params("params.yaml").run_config(sys.argv[1])
+params = config.train.model_copy(update={"epochs": 3, "device": "cpu"})
+train, test = load_split("data/processed", "train"), load_split("data/processed", "test")
+model, generator = seeded_model(config.model, params)
+history, _ = fit(model, train, test, params, generator)
+print(json.dumps([row["epoch_seconds"] for row in history[1:]]))
+"""
+
+
+def numerics_section(repeats: int) -> tuple[list[str], list[Target]]:
+    """Our trainer's epochs under numerics.py's settings and under torch's own kernel choice
+    (the widest this CPU has), in fresh processes, interleaved."""
+    native = {"ATEN_CPU_CAPABILITY": "avx512" if "avx512f" in cpu_description() else "avx2"}
+    settings = {"ours": dict(NUMERICS_ENV), "native": dict(NUMERICS_ENV) | native}
+    lines = [
+        "## Numerics: seconds per epoch of our trainer (fresh processes, interleaved)",
+        "",
+        f"CPU: {cpu_description()}. Ours: {', '.join(f'{k}={v}' for k, v in NUMERICS_ENV.items())}"
+        f"; native: ATen's kernels for the widest vector unit ({native['ATEN_CPU_CAPABILITY']}), "
+        "MKL strict as ours.",
+        "",
+        "| model | ours | native | ours / native |",
+        "|---|---|---|---|",
+    ]
+    targets: list[Target] = []
+    for name in MODELS:
+        seconds: dict[str, list[float]] = {"ours": [], "native": []}
+        for _ in range(max(2, repeats // 2)):
+            for label, env in settings.items():
+                log(f"{name}: epochs with {label} numerics")
+                done = subprocess.run(
+                    [sys.executable, "-c", NUMERICS_PROBE, name],
+                    cwd=ROOT,
+                    env={k: v for k, v in os.environ.items() if k not in env} | env,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                seconds[label] += json.loads(done.stdout.strip().splitlines()[-1])
+        ours, native_timing = Timing(seconds["ours"]), Timing(seconds["native"])
+        ratio = ours.median / native_timing.median
+        lines.append(f"| {name} | {ours.cell()} | {native_timing.cell()} | {ratio:.2f}x |")
+        targets.append(
+            (f"{name}: our numerics cost <= 5% per epoch", f"{ratio:.2f}x", ratio <= 1.05)
+        )
+    return lines, targets
+
+
+def system_metrics_section(params: Params, repeats: int) -> tuple[list[str], list[Target]]:
+    """Epochs of our trainer with MLflow's system-metrics monitor sampling (as train runs it,
+    every second) and without it, interleaved round by round."""
+    import mlflow
+    from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    from fashion_mlp.tracking.runs import SYSTEM_METRICS_SECONDS
+
+    data_dir = ROOT / "data/processed"
+    train, test = load_split(data_dir, "train"), load_split(data_dir, "test")
+    lines = [
+        "## System metrics: seconds per epoch of our trainer, monitor on and off (interleaved)",
+        "",
+        "| model | monitor off | monitor on | on / off |",
+        "|---|---|---|---|",
+    ]
+    targets: list[Target] = []
+    with tempfile.TemporaryDirectory() as folder:
+        client = mlflow.MlflowClient(f"sqlite:///{Path(folder) / 'mlflow.db'}")
+        run = client.create_run(client.create_experiment("system-metrics-bench"))
+        for name in MODELS:
+            epoch = our_epoch(params.run_config(name), train, test)
+            epoch()  # warm-up
+            seconds: dict[str, list[float]] = {"off": [], "on": []}
+            log(f"{name}: epochs with the system-metrics monitor on and off")
+            for _ in range(repeats):
+                seconds["off"].append(epoch())
+                monitor = SystemMetricsMonitor(
+                    run.info.run_id,
+                    sampling_interval=SYSTEM_METRICS_SECONDS,
+                    tracking_uri=client.tracking_uri,
+                )
+                monitor.monitors = [m for m in monitor.monitors if isinstance(m, CPUMonitor)]
+                monitor.start()
+                seconds["on"].append(epoch())
+                monitor.finish()
+            off, on = Timing(seconds["off"]), Timing(seconds["on"])
+            ratio = on.median / off.median
+            lines.append(f"| {name} | {off.cell()} | {on.cell()} | {ratio:.3f} |")
+            targets.append(
+                (f"{name}: system metrics cost <= 3% per epoch", f"{ratio:.3f}", ratio <= 1.03)
+            )
+    return lines, targets
+
+
+SECTIONS = (
+    "training",
+    "numerics",
+    "system-metrics",
+    "bookkeeping",
+    "phases",
+    "two-trainings",
+    "queue",
+    "edit-loop",
+    "repro",
+    "sweep",
+)
 
 
 def report(repeats: int, sections: tuple[str, ...]) -> str:
@@ -285,9 +413,13 @@ def report(repeats: int, sections: tuple[str, ...]) -> str:
     params = load_params(ROOT / "params.yaml")
     measured = {
         "training": lambda: training_section(params, repeats),
+        "numerics": lambda: numerics_section(repeats),
+        "system-metrics": lambda: system_metrics_section(params, repeats),
         "bookkeeping": lambda: bookkeeping_section(params, repeats),
+        "phases": lambda: phase_section(max(3, repeats // 2)),
         "two-trainings": lambda: two_trainings(max(2, repeats // 2)),
         "queue": queued_experiments,
+        "edit-loop": lambda: edit_loop(max(3, repeats // 2)),
         "repro": forced_repro,
         "sweep": sweep_vs_queue,
     }
@@ -298,7 +430,7 @@ def report(repeats: int, sections: tuple[str, ...]) -> str:
         body += [*lines, ""]
         targets += met
     lines = [
-        f"`make bench` on {date.today()}: {platform.machine()}, {os.cpu_count()} cores, "
+        f"`make bench` on {date.today()}: {cpu_description()}, {platform.machine()}, "
         f"torch {torch.__version__} with {torch.get_num_threads()} threads, Python "
         f"{platform.python_version()}, numerics {reproducible_numerics()}. Each cell: median "
         f"[min-max] seconds of {repeats} runs ({max(2, repeats // 2)} each way for the train "
@@ -332,6 +464,8 @@ def main() -> None:
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         sys.exit(f"error: --only: unknown sections {sorted(unknown)}; known: {SECTIONS}")
+    if not split_path(ROOT / "data/processed", "train").exists() or not (ROOT / "configs").is_dir():
+        sys.exit("error: the processed data or configs/ are missing; run `make repro` first")
     reproducible_numerics()
     text = report(args.repeats, sections)
     write_text_atomic(args.out, "# Benchmarks\n\n" + text)
