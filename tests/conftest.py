@@ -20,7 +20,13 @@ from fashion_mlp.numerics import NUMERICS_ENV
 for _variable, _value in NUMERICS_ENV.items():
     os.environ.setdefault(_variable, _value)
 
-from fashion_mlp.cli import app
+from fashion_mlp.cli import QuickExit, app
+
+# Armed before torch and MLflow load (helpers.data loads them), as the console script is: the
+# suite's process then ends without 5 s of teardown, with the status pytest gives
+# (pytest_sessionfinish below; `pytest --help` and the like, which start no session, exit as usual).
+QUICK_EXIT = QuickExit().arm()
+
 from fashion_mlp.numerics import reproducible_numerics
 from helpers.data import (
     declared_params,
@@ -165,3 +171,8 @@ def team_server(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     """One authenticated MLflow server on PostgreSQL for the whole session."""
     with mlflow_team_server(postgres, tmp_path_factory.mktemp("mlflow-server")) as server:
         yield server
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    QUICK_EXIT.code = int(exitstatus)

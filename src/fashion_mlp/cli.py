@@ -529,18 +529,8 @@ def activations(
 
 
 def run() -> None:
-    """The `fashion-mlp` console script: the app, then an exit without the interpreter's
-    teardown.
-
-    Tearing down the modules torch, MLflow and SQLAlchemy leave behind, object by object, took
-    1.8 s of every train stage (0.4 s for torch alone; `make bench`, fixed cost by phase) and
-    frees nothing the kernel would not free at once. By the time the last atexit handler runs,
-    Python has joined every thread and run every other handler (MLflow's, Ray's, temporary
-    folders'); this one, registered first of the app's, runs last: it closes logging and stdio
-    and ends the process with the exit status Python would have given.
-    """
-    status = _ExitStatus()
-    atexit.register(status.exit_now)
+    """The `fashion-mlp` console script: the app, then a QuickExit with the app's status."""
+    status = QuickExit(code=1).arm()  # 1: what Python gives an exception that escapes
     try:
         app()
     except SystemExit as stop:
@@ -552,10 +542,27 @@ def run() -> None:
 
 
 @dataclass
-class _ExitStatus:
-    code: int = 1  # what Python gives an exception that escapes
+class QuickExit:
+    """An exit without the interpreter's teardown, for a process that loaded torch and MLflow.
+
+    Tearing down the modules torch, MLflow and SQLAlchemy leave behind, object by object, took
+    1.8 s of every train stage (0.4 s for torch alone; `make bench`, fixed cost by phase) and
+    frees nothing the kernel would not free at once. `arm()` it before they load: its atexit
+    handler then runs last, after Python has joined every thread and run every other handler
+    (MLflow's, Ray's, temporary folders'). It closes logging and stdio and ends the process
+    with `code`, the status Python would have given; with `code` None, Python exits as usual.
+    The test suite's process exits the same way (tests/conftest.py).
+    """
+
+    code: int | None = None
+
+    def arm(self) -> "QuickExit":
+        atexit.register(self.exit_now)
+        return self
 
     def exit_now(self) -> None:
+        if self.code is None:
+            return
         logging.shutdown()  # registered before this handler, so it would run after it
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):  # a closed pipe or stream
