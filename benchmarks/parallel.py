@@ -261,15 +261,20 @@ def logged_epoch_seconds(project: Path) -> dict[str, float]:
     """Each model's epoch seconds in its newest training run (MLflow keeps them; no file does)."""
     import mlflow
 
+    from fashion_mlp.params import load_params
+    from fashion_mlp.tracking.runs import MODEL_TAG, STAGE_TAG
+    from fashion_mlp.train import TRAIN_STAGE
+
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("fashion-mlp")
+    experiment_name = load_params(project / "params.yaml").tracking.experiment
+    experiment = client.get_experiment_by_name(experiment_name)
     seconds: dict[str, float] = {}
     for found in client.search_runs(
         [experiment.experiment_id],
-        "tags.`fashion_mlp.stage` = 'train'",
+        f"tags.`{STAGE_TAG}` = '{TRAIN_STAGE}'",
         order_by=["attributes.start_time DESC"],
     ):
-        name = found.data.tags["fashion_mlp.model"]
+        name = found.data.tags[MODEL_TAG]
         if name not in seconds:
             history = client.get_metric_history(found.info.run_id, "epoch_seconds")
             seconds[name] = sum(metric.value for metric in history)

@@ -7,7 +7,6 @@ prints one measurement as JSON; `phase_section` runs several and writes the tabl
 """
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -41,10 +40,9 @@ def _timed(owner: Any, name: str, spans: dict, label: str, keep: dict | None = N
 def measure(command: str, model: str, folder: Path) -> dict[str, float]:
     """Run `fashion-mlp COMMAND MODEL` in this process against the store and outputs in
     `folder`; the phases' seconds."""
-    from fashion_mlp.numerics import NUMERICS_ENV
+    from fashion_mlp.numerics import apply_numerics_env
 
-    for variable, value in NUMERICS_ENV.items():  # before torch loads, as the CLI does
-        os.environ.setdefault(variable, value)
+    apply_numerics_env()  # before torch loads, as the CLI does
     from fashion_mlp import cli
     from fashion_mlp.tracking.runs import Run, Runs
     from fashion_mlp.tracking.store import Store

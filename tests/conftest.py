@@ -4,7 +4,6 @@ Helpers (data makers, server starters, the "needs X" rule) live in tests/helpers
 that train are module-scoped and hand each test its own copy, so a module trains once.
 """
 
-import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,11 +13,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from fashion_mlp.numerics import NUMERICS_ENV
+from fashion_mlp.numerics import apply_numerics_env
 
-# Before torch loads, as the CLI does: torch and MKL read these once (numerics.py).
-for _variable, _value in NUMERICS_ENV.items():
-    os.environ.setdefault(_variable, _value)
+apply_numerics_env()  # before torch loads, as the CLI does
 
 from fashion_mlp.cli import QuickExit, app
 

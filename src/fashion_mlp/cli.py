@@ -35,7 +35,7 @@ from fashion_mlp.layout import (
     RAW_DIR,
     REPORTS_DIR,
 )
-from fashion_mlp.numerics import NUMERICS_ENV
+from fashion_mlp.numerics import apply_numerics_env
 
 app = typer.Typer(
     help="Reproducible, experiment-tracked MLPs on Fashion-MNIST. Run `dvc repro` for the "
@@ -104,9 +104,7 @@ def main(
     # KILLED rather than left RUNNING.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGHUP, _raise_interrupt)
-    # Before torch loads: torch and MKL read these once (numerics.py); children inherit them.
-    for variable, value in NUMERICS_ENV.items():
-        os.environ.setdefault(variable, value)
+    apply_numerics_env()  # before torch loads
     _settings.set(
         Settings(verbose=verbose, tracking_uri=tracking_uri, root=root, launched_by=mlflow_run_id)
     )

@@ -100,7 +100,7 @@ def plot_confusion_matrix(evaluation: Evaluation, title: str, path: Path) -> Non
 
 def write_evaluation(folder: dict[str, Path], title: str, evaluation: Evaluation, labels: Any):
     """The evaluation files (EVALUATION_FILES), each at its path in `folder`."""
-    header = ["true\\\\predicted", *CLASS_NAMES]
+    header = ["true\\predicted", *CLASS_NAMES]
     matrix_rows = [
         dict(zip(header, [CLASS_NAMES[i], *row], strict=True))
         for i, row in enumerate(evaluation.matrix.tolist())

@@ -19,8 +19,9 @@ MKL itself took the same code path on AMD CPUs with and without AVX-512 in every
 emulated under QEMU). Intel CPUs take other MKL paths: numbers from them differ in the last
 bits, and so do GPU runs.
 
-The CLI sets these variables before torch loads (they are read once, at the first computation,
-and child processes inherit them); `reproducible_numerics` confirms them and names what runs.
+The CLI sets these variables before torch loads (`apply_numerics_env`: they are read once, at
+the first computation, and child processes inherit them); `reproducible_numerics` confirms them
+and names what runs.
 """
 
 import ctypes
@@ -31,6 +32,13 @@ NUMERICS_ENV = {"MKL_CBWR": "AUTO,STRICT", "ATEN_CPU_CAPABILITY": "avx2"}
 # MKL_CBWR_AUTO | MKL_CBWR_STRICT from mkl_cbwr.h.
 MKL_AUTO_STRICT = 2 | 0x10000
 MKL_CBWR_ALL = -1
+
+
+def apply_numerics_env() -> None:
+    """Set NUMERICS_ENV in this process's environment, unless set already: call it before torch
+    loads (torch and MKL read the variables once); child processes inherit them."""
+    for variable, value in NUMERICS_ENV.items():
+        os.environ.setdefault(variable, value)
 
 
 def reproducible_numerics() -> str:

@@ -69,7 +69,11 @@ def run_sweep(
             runs.close_orphans(stage=stage)
         owner = owner_tags()
         tags = {"sweep": sweep.name, "ray_address": ray_address or "embedded"}
-        with runs.start(sweep.name, SWEEP_STAGE, _definition(params), tags, owner=owner) as parent:
+        # The orphans were closed above, of every sweep: no second search.
+        parent_run = runs.start(
+            sweep.name, SWEEP_STAGE, _definition(params), tags, owner=owner, close_orphans=False
+        )
+        with parent_run as parent:
             parent_id = parent.wait()
             outcomes = [TrialOutcome(plan) for plan in plans]
             settings = {

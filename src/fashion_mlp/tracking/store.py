@@ -68,11 +68,12 @@ def resolve_target(settings: TrackingSettings, uri: str | None, root: Path) -> T
     MLFLOW_TRACKING_URI) over params `mlflow.tracking_uri`; a relative SQLite path is made
     absolute against `root` (the project root)."""
     chosen = uri or settings.tracking_uri
-    if redact(chosen) != chosen:
+    shown = redact(chosen)
+    if shown != chosen:
         # A URI is printed in links and error lines, kept in shell history and, from
         # params.yaml, in git: credentials in it would leak.
         raise PipelineError(
-            f"the tracking URI {redact(chosen)} holds a user name and password; take them out "
+            f"the tracking URI {shown} holds a user name and password; take them out "
             "and set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead"
         )
     if chosen.startswith(SQLITE_PREFIX):
