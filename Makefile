@@ -10,17 +10,20 @@ MLFLOW_PORT ?= 5000
 # The versions every test and figure here came from; `make constraints` refreshes them.
 CONSTRAINTS := constraints.txt
 # Debian packages the tests use: PostgreSQL (team server), nginx and openssl (its TLS proxy and
-# certificates), Chromium (browser test), iproute2 (the Ray cluster test's network namespace).
-TEST_PACKAGES := postgresql chromium iproute2 nginx openssl
+# certificates), Chromium (browser test), iproute2 (the Ray cluster test's network namespace),
+# QEMU user mode (the numerics tests emulate other vendors' CPUs).
+TEST_PACKAGES := postgresql chromium iproute2 nginx openssl qemu-user
 
-.PHONY: help install constraints data test-deps repro results exps sweep test test-fast bench lint format ui clean
+.PHONY: help install constraints data test-deps repro results exps sweep test test-fast check-numerics bench lint format ui clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
 install: $(VENV)/.installed ## create .venv and install the package with its dev tools (pip, pinned)
 
-$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+# The package builds a C extension (the matrix products, compiled with the machine's gcc):
+# editing its source reinstalls.
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS) src/fashion_mlp/_sequential_gemm.c
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
@@ -75,6 +78,11 @@ test: install data test-deps ## run the whole test suite (what CI runs)
 
 test-fast: install ## the edit loop: every test that starts no server, Ray, DVC or browser
 	pytest -m "not (dvc or ray or server or browser or gpu or slow)" -q
+
+check-numerics: install data test-deps ## does this machine train the committed weights? (natively and emulated)
+	@lscpu | sed -n 's/^Model name: *//p' | sed 's/^/CPU: /'
+	@grep -q avx512f /proc/cpuinfo && echo "AVX-512: yes" || echo "AVX-512: no"
+	pytest tests/test_numerics.py tests/test_linalg.py -q
 
 bench: install ## benchmarks/run.py: trainer, bookkeeping, parallel work; README Performance tables
 	python benchmarks/run.py --readme README.md $(ARGS)

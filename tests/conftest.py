@@ -24,7 +24,7 @@ from fashion_mlp.cli import QuickExit, app
 # (pytest_sessionfinish below; `pytest --help` and the like, which start no session, exit as usual).
 QUICK_EXIT = QuickExit().arm()
 
-from fashion_mlp.numerics import reproducible_numerics
+from fashion_mlp.linalg import pin_numerics
 from helpers.data import (
     declared_params,
     isolate,
@@ -34,7 +34,7 @@ from helpers.data import (
 )
 from helpers.servers import TeamServer, mlflow_team_server, postgres_cluster
 
-reproducible_numerics()
+pin_numerics()
 
 
 @dataclass

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from helpers.data import PROJECT_ROOT, dvc_stages
-from helpers.imports import command_closure
+from helpers.imports import CODE_SUFFIXES, command_closure
 
 SOURCE = PROJECT_ROOT / "src"
 PIPELINES = [PROJECT_ROOT / "dvc.yaml", PROJECT_ROOT / "sweeps/dvc.yaml"]
@@ -34,7 +34,9 @@ def stages() -> list[tuple[Path, str, dict]]:
 def test_code_deps_are_exactly_the_modules_the_stage_runs(pipeline, name, stage):
     command = re.match(r"fashion-mlp (\S+)", stage["cmd"]).group(1)
     wdir = (pipeline.parent / stage.get("wdir", ".")).resolve()
-    declared = {(wdir / dep).resolve() for dep in stage.get("deps", []) if dep.endswith(".py")}
+    declared = {
+        (wdir / dep).resolve() for dep in stage.get("deps", []) if dep.endswith(CODE_SUFFIXES)
+    }
     runs = {path.resolve() for path in command_closure(SOURCE, command)}
     assert sorted(map(str, declared - runs)) == [], "listed but not run"
     assert sorted(map(str, runs - declared)) == [], "run but not listed"

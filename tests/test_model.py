@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from fashion_mlp.cli import app
 from fashion_mlp.errors import PipelineError
+from fashion_mlp.layers import Linear
 from fashion_mlp.model import build_mlp, checkpoint_bytes, load_checkpoint, save_checkpoint
 from fashion_mlp.nonlinearities import ACTIVATIONS, activation_layer
 from fashion_mlp.params import Activation, ModelSpec
@@ -30,7 +31,7 @@ def test_every_activation_params_accept_is_one_the_registry_builds():
 def test_layers_follow_the_spec():
     model = build_mlp(spec([256, 128], "tanh"), 0.01, torch.Generator())
     kinds = [type(layer) for layer in model]
-    assert kinds == [nn.Flatten, nn.Linear, nn.Tanh, nn.Linear, nn.Tanh, nn.Linear]
+    assert kinds == [nn.Flatten, Linear, nn.Tanh, Linear, nn.Tanh, Linear]
     shapes = [tuple(layer.weight.shape) for layer in model if isinstance(layer, nn.Linear)]
     assert shapes == [(256, 784), (128, 256), (10, 128)]
 

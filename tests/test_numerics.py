@@ -1,43 +1,70 @@
-"""The same weights on every x86-64 machine with AVX2: the numerics of numerics.py, checked on
-this machine by forcing the AVX2 code paths, and across machines by a committed weight hash.
+"""The same weights on every x86-64 CPU with AVX2, Intel or AMD (numerics.py, docs/numerics.md):
+committed weight digests checked natively on whatever machine runs the suite (AVX-512 or
+AVX2), and under QEMU emulating an AVX2-only Intel and an AVX2-only AMD CPU; every matrix kernel
+giving the same weights; and numerics set by the caller honoured, never replaced.
 
-The golden hash came from `fashion-mlp train` of mlp1 (2 epochs of d2l's recipe on the real
-Fashion-MNIST) on an AMD EPYC with AVX-512; it also matched under QEMU emulating AVX2-only AMD
-EPYC CPUs (docs/numerics.md). Every CI run checks it on whatever machine it gets.
+`make check-numerics` runs this file and names the CPU. When a digest changes on purpose (a
+change to what training computes), the failure prints the new digests to commit.
 """
 
-import hashlib
-import os
+import json
+import shutil
 import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from hashlib import sha256
 from pathlib import Path
 
 import pytest
 
 from fashion_mlp.numerics import NUMERICS_ENV, cpu_description
-from helpers.data import real_data_params, write_params
+from helpers.data import PROJECT_ROOT, real_data_params, write_params
+from helpers.markers import require
 from helpers.process import CLI, stage_env
 from helpers.projects import wide_project
 
-# SHA-256 of models/mlp1/model.safetensors after 2 epochs of mlp1 (d2l: SGD lr 0.1, batch 256,
-# normal(0, 0.01), seed 0) on the real data, with the numerics of numerics.py.
-GOLDEN_MLP1_2_EPOCHS = "fae8aeec2f0b80dae3dabf558e5eca163ab4e337ddc39e9375ec98cb8aa1657d"
-# What an AVX2-only machine runs: every library's dispatch held to AVX2 at most.
-AVX2_ONLY = {
-    "ATEN_CPU_CAPABILITY": "avx2",
-    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-    "MKL_CBWR": "AVX2,STRICT",
-    "ONEDNN_MAX_CPU_ISA": "AVX2",
+# SHA-256 of models/MODEL/model.safetensors from `fashion-mlp train` on the real Fashion-MNIST,
+# with the params.yaml entry of MODEL shortened as given: one model of each family.
+REAL_DATA_GOLDENS = {
+    "mlp1": ({"epochs": 2}, "5de0d36dc8149df6596c9a33767845b1abd30fbe3d9847ad680cdf16037ac134"),
+    "mlp1_tanh": (
+        {"epochs": 1},
+        "184b69173e8b5cac188df0c8db7d49f6c980566a8bb81a6f927367b075a55e3b",
+    ),
+    "mlp_best": (
+        {"epochs": 2, "warmup_epochs": 1},
+        "cdf4cd2c2922a529309317ee3075ff0ba05b2853db06bf9e921965404e8d3160",
+    ),
+    "mlp_strong": (
+        {"epochs": 1},
+        "c56ea7ed8b5c80933943dde48171b33bde975029fc8c67d97b9fb9873e3ce98a",
+    ),
 }
+# tests/helpers/golden_trainings.py's digests: every family, tiny, on synthetic data.
+SYNTHETIC_GOLDENS = {
+    "relu-sgd": "0e36101313c1b2dcb2fd8dcbbf0842f4623a84f67a75bc24db2f27063fd0afde",
+    "sigmoid": "8e5dcd03cd2a3b9aa9072f1feadd0b97ddc5aefa9aca1d46b150ea56aed9d6a4",
+    "tanh": "e2ad3241bcf065c687a67fbfb26885df98848484cbac615048ca7f6c78d71ef1",
+    "elu": "d8f877041559259e8d1edf28182b9180d54df8de67a525a9315daf6f7a310fcb",
+    "gelu": "c775ffad841e58ce51edea949692f5c14a96cbe9086a04be0eaec0922c84239e",
+    "best-recipe": "072c891427fbe6673bf13832121fbb3a8c2450ad39a94ccccf2be0f7227a597d",
+    "adam": "f2c69911c873f4c333d86fee40e4a740c7c4a956258d3240bb239202d9611a44",
+}
+# AVX2-only CPUs of both vendors, as QEMU's user mode emulates them (it has no AVX-512).
+EMULATED_CPUS = ("Haswell", "EPYC-Rome")
+GOLDEN_SCRIPT = PROJECT_ROOT / "tests/helpers/golden_trainings.py"
 
 
-def has_avx512() -> bool:
-    return "avx512f" in Path("/proc/cpuinfo").read_text()
+def without_numerics(**extra: str) -> dict[str, str]:
+    """A stage's environment with none of our numerics variables set (the CLI sets them), plus
+    `extra`."""
+    return {k: v for k, v in stage_env().items() if k not in NUMERICS_ENV} | extra
 
 
-def train(project: Path, out: str, env: dict[str, str]) -> str:
-    """SHA-256 of the checkpoint `fashion-mlp train mlp1` writes with this environment."""
+def train(project: Path, model: str, out: str, env: dict[str, str]) -> str:
+    """SHA-256 of the checkpoint `fashion-mlp train MODEL` writes with this environment."""
     done = subprocess.run(
-        [CLI, "train", "mlp1", "--no-progress", "--no-tracking", "--out-dir", out],
+        [CLI, "train", model, "--no-progress", "--no-tracking", "--out-dir", out],
         cwd=project,
         env=env,
         capture_output=True,
@@ -45,30 +72,125 @@ def train(project: Path, out: str, env: dict[str, str]) -> str:
         timeout=600,
     )
     assert done.returncode == 0, done.stderr
-    return hashlib.sha256((project / out / "model.safetensors").read_bytes()).hexdigest()
+    return sha256((project / out / "model.safetensors").read_bytes()).hexdigest()
 
 
-def without_numerics() -> dict[str, str]:
-    """A stage's environment with none of our numerics variables set."""
-    return {k: v for k, v in stage_env().items() if k not in {*NUMERICS_ENV, *AVX2_ONLY}}
+def golden_trainings(*prefix: str, threads: int = 1) -> dict[str, str]:
+    done = subprocess.run(
+        [*prefix, sys.executable, str(GOLDEN_SCRIPT), "--threads", str(threads)],
+        env=without_numerics(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def differences(found: dict[str, str], expected: dict[str, str]) -> str:
+    return "; ".join(
+        f"{k}: {v} (committed {expected[k]})" for k, v in found.items() if v != expected[k]
+    )
 
 
 @pytest.mark.slow
-def test_forcing_avx2_changes_nothing_under_our_numerics_and_something_without(tmp_path):
-    """On an AVX-512 machine: our numerics give the weights an AVX2-only machine gives (every
-    library held to AVX2), and the control shows the forcing is real: with ATen's own choice
-    of AVX-512 kernels the weights differ."""
-    if not has_avx512():
-        pytest.skip(f"this CPU has no AVX-512 to force down from: {cpu_description()}")
+def test_every_family_gives_the_committed_weights_here_at_one_and_three_threads():
+    for threads in (1, 3):
+        found = golden_trainings(threads=threads)
+        assert found == SYNTHETIC_GOLDENS, (
+            f"{cpu_description()}, {threads} threads: {differences(found, SYNTHETIC_GOLDENS)}"
+        )
+
+
+@pytest.mark.slow
+def test_emulated_intel_and_amd_cpus_give_the_committed_weights():
+    """QEMU runs the same binaries and reports the emulated CPU's vendor, model and flags to
+    them, so MKL and torch take that CPU's code paths."""
+    qemu = shutil.which("qemu-x86_64")
+    require(qemu is not None, "QEMU user mode is missing (apt-get install qemu-user)")
+    with ThreadPoolExecutor(len(EMULATED_CPUS)) as pool:
+        found = dict(
+            zip(
+                EMULATED_CPUS,
+                pool.map(lambda cpu: golden_trainings(qemu, "-cpu", cpu), EMULATED_CPUS),
+                strict=True,
+            )
+        )
+    for cpu, digests in found.items():
+        assert digests == SYNTHETIC_GOLDENS, f"{cpu}: {differences(digests, SYNTHETIC_GOLDENS)}"
+
+
+@pytest.mark.slow
+def test_one_model_of_each_family_on_the_real_data_gives_the_committed_weights(tmp_path):
+    params = real_data_params(epochs=1, models=tuple(REAL_DATA_GOLDENS))
+    for model, (overrides, _) in REAL_DATA_GOLDENS.items():
+        params["models"][model] |= overrides
+    project = tmp_path / "project"
+    project.mkdir()
+    write_params(project / "params.yaml", params)
+    env = without_numerics()
+    for command in (["download"], ["preprocess"], ["configure"]):
+        subprocess.run([CLI, *command], cwd=project, env=env, check=True, capture_output=True)
+    found = {model: train(project, model, f"models/{model}", env) for model in REAL_DATA_GOLDENS}
+    expected = {model: digest for model, (_, digest) in REAL_DATA_GOLDENS.items()}
+    assert found == expected, f"{cpu_description()}: {differences(found, expected)}"
+
+
+@pytest.mark.slow
+def test_every_matrix_kernel_gives_the_same_weights_and_atens_avx512_code_would_not(tmp_path):
+    """The kernel (AVX-512, AVX2, portable C) is a speed, never a result. The control shows
+    that pinning ATen is real: its AVX-512 kernels round differently."""
     project = wide_project(tmp_path)
-    ours = train(project, "ours", without_numerics())  # the CLI sets NUMERICS_ENV itself
-    forced = train(project, "forced", without_numerics() | AVX2_ONLY)
-    assert ours == forced
-    native = train(project, "native", without_numerics() | {"ATEN_CPU_CAPABILITY": "avx512"})
-    assert native != ours, "AVX-512 kernels rounded like AVX2 ones: the control shows nothing"
+    ours = train(project, "mlp1", "ours", without_numerics())
+    for kernel in ("avx2", "portable"):
+        forced = without_numerics(FASHION_MLP_GEMM_KERNEL=kernel)
+        assert train(project, "mlp1", kernel, forced) == ours, kernel
+    if "avx512f" not in cpu_description():
+        pytest.skip(f"no AVX-512 here for the control: {cpu_description()}")
+    native = without_numerics(ATEN_CPU_CAPABILITY="avx512")
+    assert train(project, "mlp1", "native", native) != ours, "the control shows nothing"
 
 
-def test_the_cli_runs_with_our_numerics_whatever_the_caller_set(tmp_path):
+def test_numerics_the_caller_set_are_honoured_and_named_never_replaced():
+    script = (
+        "from fashion_mlp.numerics import apply_numerics_env; apply_numerics_env(); "
+        "from fashion_mlp.linalg import pin_numerics; print(pin_numerics())"
+    )
+    python = str(Path(CLI).parent / "python")
+
+    def numerics(**env: str) -> str:
+        done = subprocess.run(
+            [python, "-c", script],
+            env=without_numerics(**env),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stdout.strip()
+
+    ours = numerics()
+    assert "mkl-COMPATIBLE,STRICT" in ours and "aten-avx2" in ours and "caller" not in ours
+    theirs = numerics(MKL_CBWR="AUTO,STRICT")
+    assert "mkl-AUTO,STRICT" in theirs
+    assert "(caller set MKL_CBWR=AUTO,STRICT: outputs may differ" in theirs
+
+
+def test_train_says_in_one_line_that_the_callers_numerics_were_honoured(tmp_path):
+    project = wide_project(tmp_path)
+    done = subprocess.run(
+        [CLI, "train", "mlp1", "--no-progress", "--no-tracking", "--out-dir", "out"],
+        cwd=project,
+        env=without_numerics(MKL_CBWR="AUTO,STRICT", FASHION_MLP_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    notes = [line for line in done.stderr.splitlines() if "MKL_CBWR=AUTO,STRICT" in line]
+    assert len(notes) == 1 and "may differ from the committed" in notes[0], done.stderr
+
+
+def test_the_cli_sets_our_numerics_where_the_caller_set_none():
     done = subprocess.run(
         [
             str(Path(CLI).parent / "python"),
@@ -83,19 +205,3 @@ def test_the_cli_runs_with_our_numerics_whatever_the_caller_set(tmp_path):
         check=True,
     )
     assert done.stdout.split() == [NUMERICS_ENV["ATEN_CPU_CAPABILITY"], NUMERICS_ENV["MKL_CBWR"]]
-
-
-@pytest.mark.slow
-def test_two_epochs_of_mlp1_on_the_real_data_give_the_committed_weights(tmp_path):
-    params = real_data_params(epochs=2, models=("mlp1",))
-    project = tmp_path / "project"
-    project.mkdir()
-    write_params(project / "params.yaml", params)
-    env = without_numerics()
-    for command in (["download"], ["preprocess"], ["configure"]):
-        subprocess.run([CLI, *command], cwd=project, env=env, check=True, capture_output=True)
-    digest = train(project, "models/mlp1", env)
-    assert digest == GOLDEN_MLP1_2_EPOCHS, (
-        f"on {cpu_description()} ({os.uname().machine}) the weights differ from the committed "
-        "ones: README 'Results' says which CPUs give the same numbers"
-    )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from helpers.imports import command_closure  # noqa: E402
+from helpers.imports import CODE_SUFFIXES, command_closure  # noqa: E402
 
 PIPELINES = [ROOT / "dvc.yaml", ROOT / "sweeps/dvc.yaml"]
 
@@ -35,7 +35,7 @@ def main() -> None:
                 for path in command_closure(ROOT / "src", command)
             )
             deps = body["deps"]
-            kept = [dep for dep in deps if not str(dep).endswith(".py")]
+            kept = [dep for dep in deps if not str(dep).endswith(CODE_SUFFIXES)]
             deps.clear()
             deps.extend([*kept, *modules])
         with pipeline.open("w") as stream:

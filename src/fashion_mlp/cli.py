@@ -35,7 +35,7 @@ from fashion_mlp.layout import (
     RAW_DIR,
     REPORTS_DIR,
 )
-from fashion_mlp.numerics import apply_numerics_env
+from fashion_mlp.numerics import apply_numerics_env, overridden_note
 
 app = typer.Typer(
     help="Reproducible, experiment-tracked MLPs on Fashion-MNIST. Run `dvc repro` for the "
@@ -260,6 +260,8 @@ def train(
         "dvc_stage": dvc_stage,
         "dvc_exp_name": dvc_exp_name,
     }
+    if note := overridden_note():
+        typer.echo(note, err=True)
     history = train_model(
         run_config,
         data_dir,
@@ -465,6 +467,8 @@ def sweep(
     from fashion_mlp.params import load_params
     from fashion_mlp.sweep.run import run_sweep
 
+    if note := overridden_note():
+        typer.echo(note, err=True)
     store = _store(params_file)
     ranked = run_sweep(load_params(params_file), data_dir, out_dir, store, ray_address, progress)
     best = ranked[0]

@@ -22,6 +22,7 @@ from fashion_mlp.artifacts import checkpoint_metadata, checkpoint_spec
 from fashion_mlp.atomic import write_bytes_atomic
 from fashion_mlp.dataset import IN_FEATURES, NUM_CLASSES
 from fashion_mlp.errors import PipelineError
+from fashion_mlp.layers import BatchNorm1d, Dropout, Linear
 from fashion_mlp.nonlinearities import activation_layer
 from fashion_mlp.params import ModelSpec
 
@@ -46,16 +47,16 @@ def build_mlp(spec: ModelSpec, init_std: float, generator: torch.Generator) -> n
     sizes = layer_sizes(spec)
     layers: list[nn.Module] = [nn.Flatten()]
     for index, (width_in, width_out) in enumerate(pairwise(sizes)):
-        linear = nn.Linear(width_in, width_out)
+        linear = Linear(width_in, width_out)
         nn.init.normal_(linear.weight, mean=0.0, std=init_std, generator=generator)
         nn.init.zeros_(linear.bias)
         layers.append(linear)
         if index < len(sizes) - 2:
             if spec.batch_norm:
-                layers.append(nn.BatchNorm1d(width_out))
+                layers.append(BatchNorm1d(width_out))
             layers.append(activation_layer(spec.activation))
             if spec.dropout:
-                layers.append(nn.Dropout(spec.dropout))
+                layers.append(Dropout(spec.dropout))
     return nn.Sequential(*layers)
 
 

@@ -40,6 +40,7 @@ from fashion_mlp.atomic import atomic_paths
 from fashion_mlp.augment import augment
 from fashion_mlp.dataset import NUM_CLASSES
 from fashion_mlp.errors import PipelineError
+from fashion_mlp.linalg import pin_numerics
 from fashion_mlp.model import (
     as_inputs,
     build_mlp,
@@ -47,7 +48,7 @@ from fashion_mlp.model import (
     predict_logits,
     training_memory,
 )
-from fashion_mlp.numerics import cpu_description, reproducible_numerics
+from fashion_mlp.numerics import cpu_description
 from fashion_mlp.optimizers import make_optimizer, make_rate_schedule
 from fashion_mlp.params import ModelSpec, RunConfig, TrainParams
 from fashion_mlp.splits import Split, load_split
@@ -250,7 +251,7 @@ def train_model(
     device = resolve_device(params.device)
     run_tags = {
         "torch_device": str(device),
-        "numerics": reproducible_numerics(),
+        "numerics": pin_numerics(),
         "cpu": cpu_description(),
         **tags,
     }

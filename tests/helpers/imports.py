@@ -10,6 +10,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = "fashion_mlp"
+# What counts as a stage's code in dvc.yaml's deps: Python modules and the C extension's source.
+CODE_SUFFIXES = (".py", ".c")
 
 
 def _imported(nodes: list[ast.AST]) -> set[str]:
@@ -28,8 +30,21 @@ def _imported(nodes: list[ast.AST]) -> set[str]:
 
 
 def module_file(source_root: Path, module: str) -> Path:
+    """The module's source: its `.py` file, its package's `__init__.py`, or, for an extension
+    module built from C (`_sequential_gemm`), its `.c` file."""
     path = source_root / module.replace(".", "/")
-    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    if path.is_dir():
+        return path / "__init__.py"
+    python = path.with_suffix(".py")
+    return (
+        python if python.exists() or not path.with_suffix(".c").exists() else path.with_suffix(".c")
+    )
+
+
+def _imports_of(source_root: Path, module: str) -> set[str]:
+    """The project modules a module imports; a C extension imports none."""
+    path = module_file(source_root, module)
+    return set() if path.suffix == ".c" else _imported([ast.parse(path.read_text())])
 
 
 def _with_packages(modules: set[str], source_root: Path) -> set[str]:
@@ -71,6 +86,5 @@ def command_closure(source_root: Path, command: str) -> set[Path]:
         if module in closure:
             continue
         closure.add(module)
-        imported = _imported([ast.parse(module_file(source_root, module).read_text())])
-        modules |= _with_packages(imported, source_root)
+        modules |= _with_packages(_imports_of(source_root, module), source_root)
     return {module_file(source_root, module) for module in _with_packages(closure, source_root)}

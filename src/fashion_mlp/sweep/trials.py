@@ -92,14 +92,14 @@ def run_trial(
     import torch
     from ray import tune
 
-    from fashion_mlp.numerics import reproducible_numerics
+    from fashion_mlp.linalg import pin_numerics
     from fashion_mlp.params import ModelSpec, TrainParams
     from fashion_mlp.threads import CoreShare
     from fashion_mlp.tracking.runs import Runs
     from fashion_mlp.tracking.store import Store
     from fashion_mlp.train import fit, seeded_model
 
-    reproducible_numerics()
+    pin_numerics()
     trial = trials[config["trial"]]
     spec, params = ModelSpec(**trial["model"]), TrainParams(**trial["train"])
     store = Store(TrackingTarget(**settings["target"]), create_experiment=False)
@@ -243,10 +243,11 @@ def start_ray(params: Params, ray_address: str | None) -> bool:
     embedded Ray, by this machine's cores; on a cluster, by its largest live node."""
     import ray
 
-    from fashion_mlp.numerics import NUMERICS_ENV
+    from fashion_mlp.numerics import effective_numerics_env
     from fashion_mlp.threads import available_cores
 
-    runtime_env: dict[str, Any] = {"env_vars": dict(NUMERICS_ENV)}
+    # Trials compute with the driver's numerics, ours or the ones its caller set.
+    runtime_env: dict[str, Any] = {"env_vars": effective_numerics_env()}
     if ray_address:
         # Our code reaches nodes that lack it (they need torch, mlflow and ray installed).
         runtime_env["py_modules"] = [str(Path(__file__).parents[1])]
