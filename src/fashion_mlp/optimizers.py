@@ -19,12 +19,6 @@ if TYPE_CHECKING:  # params.py validates names against these registries: no impo
     from fashion_mlp.params import TrainParams
 
 
-# Adam's square root: the unfused update calls torch.sqrt, which MKL's vector math computes with
-# code chosen per CPU model; the fused kernel is torch's own, whose square root is the exactly
-# rounded instruction, the same bits on every CPU (docs/numerics.md).
-FUSED = True
-
-
 def _sgd(parameters: Iterable[Any], params: "TrainParams") -> Any:
     import torch
 
@@ -36,15 +30,16 @@ def _sgd(parameters: Iterable[Any], params: "TrainParams") -> Any:
 def _adam(parameters: Iterable[Any], params: "TrainParams") -> Any:
     import torch
 
-    return torch.optim.Adam(parameters, lr=params.lr, weight_decay=params.weight_decay, fused=FUSED)
+    # Fused: the unfused update calls torch.sqrt, which MKL's vector math computes with code
+    # chosen per CPU model; the fused kernel is torch's own, whose square root is the correctly
+    # rounded instruction, the same bits on every CPU (docs/numerics.md). AdamW's too.
+    return torch.optim.Adam(parameters, lr=params.lr, weight_decay=params.weight_decay, fused=True)
 
 
 def _adamw(parameters: Iterable[Any], params: "TrainParams") -> Any:
     import torch
 
-    return torch.optim.AdamW(
-        parameters, lr=params.lr, weight_decay=params.weight_decay, fused=FUSED
-    )
+    return torch.optim.AdamW(parameters, lr=params.lr, weight_decay=params.weight_decay, fused=True)
 
 
 # Name in params.yaml -> builder(model parameters, train params) -> torch.optim.Optimizer.
