@@ -157,32 +157,77 @@ static const Kernel *chosen_kernel(void) {
     return chosen = &KERNELS[sizeof KERNELS / sizeof *KERNELS - 1];
 }
 
-/* ---- Packing: copy blocks of A and B into the order the kernels read, zero-padded. -------- */
+/* ---- Packing: copy blocks of A and B into the order the kernels read, zero-padded. Copies
+ * only: how they are done changes no bit of a result. ---------------------------------------- */
+
+/* dst[c * ld_dst + r] = src[r * ld_src + c] for an 8 x 8 block. */
+__attribute__((target("avx2"))) static void transpose_8x8(const float *src, long ld_src,
+                                                          float *dst, long ld_dst) {
+    __m256 r[8], t[8], s[8];
+    for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + i * ld_src);
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        s[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        s[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        s[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        s[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int i = 0; i < 4; i++) {
+        _mm256_storeu_ps(dst + i * ld_dst, _mm256_permute2f128_ps(s[i], s[i + 4], 0x20));
+        _mm256_storeu_ps(dst + (i + 4) * ld_dst, _mm256_permute2f128_ps(s[i], s[i + 4], 0x31));
+    }
+}
+
+/* dst[c * ld_dst + r] = src[r * ld_src + c] for r < rows, c < cols: what packing a row-major
+ * A, or a B given as the transpose of a row-major matrix (a Linear's weight), amounts to. */
+static void transpose(const float *src, long ld_src, long rows, long cols, float *dst,
+                      long ld_dst, int vector) {
+    long r0 = 0;
+    if (vector) {
+        for (; r0 + 8 <= rows; r0 += 8) {
+            long c0 = 0;
+            for (; c0 + 8 <= cols; c0 += 8)
+                transpose_8x8(src + r0 * ld_src + c0, ld_src, dst + c0 * ld_dst + r0, ld_dst);
+            for (long r = r0; r < r0 + 8; r++)
+                for (long c = c0; c < cols; c++) dst[c * ld_dst + r] = src[r * ld_src + c];
+        }
+    }
+    for (long r = r0; r < rows; r++)
+        for (long c = 0; c < cols; c++) dst[c * ld_dst + r] = src[r * ld_src + c];
+}
 
 /* Rows [i0, i0+mr) of A, columns [k0, k0+kc), as kc groups of mr floats. */
 static void pack_a(const float *a, long rsa, long csa, long m, long i0, long k0, long kc, int mr,
-                   float *out) {
+                   int vector, float *out) {
     long rows = m - i0 < mr ? m - i0 : mr;
     if (rows < mr) memset(out, 0, sizeof(float) * kc * mr);
-    for (long i = 0; i < rows; i++) {
-        const float *row = a + (i0 + i) * rsa + k0 * csa;
-        for (long k = 0; k < kc; k++) out[k * mr + i] = row[k * csa];
+    const float *corner = a + i0 * rsa + k0 * csa;
+    if (rsa == 1) { /* column-major (a transposed view): each group is contiguous */
+        for (long k = 0; k < kc; k++) memcpy(out + k * mr, corner + k * csa, sizeof(float) * rows);
+    } else if (csa == 1) {
+        transpose(corner, rsa, rows, kc, out, mr, vector);
+    } else {
+        for (long i = 0; i < rows; i++)
+            for (long k = 0; k < kc; k++) out[k * mr + i] = corner[i * rsa + k * csa];
     }
 }
 
 /* Columns [j0, j0+nr) of B, rows [k0, k0+kc), as kc groups of nr floats. */
 static void pack_b(const float *b, long rsb, long csb, long n, long j0, long k0, long kc, int nr,
-                   float *out) {
+                   int vector, float *out) {
     long cols = n - j0 < nr ? n - j0 : nr;
     if (cols < nr) memset(out, 0, sizeof(float) * kc * nr);
-    if (csb == 1) {
-        for (long k = 0; k < kc; k++)
-            memcpy(out + k * nr, b + (k0 + k) * rsb + j0, sizeof(float) * cols);
+    const float *corner = b + k0 * rsb + j0 * csb;
+    if (csb == 1) { /* row-major: each group is contiguous */
+        for (long k = 0; k < kc; k++) memcpy(out + k * nr, corner + k * rsb, sizeof(float) * cols);
+    } else if (rsb == 1) {
+        transpose(corner, csb, cols, kc, out, nr, vector);
     } else {
-        for (long j = 0; j < cols; j++) {
-            const float *column = b + k0 * rsb + (j0 + j) * csb;
-            for (long k = 0; k < kc; k++) out[k * nr + j] = column[k * rsb];
-        }
+        for (long j = 0; j < cols; j++)
+            for (long k = 0; k < kc; k++) out[k * nr + j] = corner[k * rsb + j * csb];
     }
 }
 
@@ -207,53 +252,64 @@ static void tile(const Kernel *kernel, long kc, const float *a_panel, const floa
 
 static long round_up(long value, long step) { return (value + step - 1) / step * step; }
 
+static long ceil_div(long value, long step) { return (value + step - 1) / step; }
+
 /* C (m x n, row stride ldc) = A (m x k) B (k x n) [+ bias (n)], with A and B given by pointer and
- * (row, column) strides in elements, so transposed views need no copy. */
+ * (row, column) strides in elements, so transposed views need no copy.
+ *
+ * The work runs in steps, one per block of k (outer) and block of rows of A (inner): the
+ * threads pack that step's panels together, meet once, then compute its tiles, taking them as
+ * they come. Packed panels are double-buffered, so the step after packs while stragglers
+ * still compute: one barrier per step (a training's products take 1 to 4 steps). The k-blocks
+ * of one tile run in order because a barrier separates consecutive steps. */
 static int sequential_gemm(long m, long n, long k, const float *a, long rsa, long csa,
                            const float *b, long rsb, long csb, float *c, long ldc,
                            const float *bias, int threads) {
+    if (m == 0 || n == 0) return 0; /* no element to compute */
     const Kernel *kernel = chosen_kernel();
-    const int mr = kernel->mr, nr = kernel->nr;
+    const int mr = kernel->mr, nr = kernel->nr, vector = kernel->kernel != kernel_portable;
     const long n_padded = round_up(n, nr), b_panels = n_padded / nr;
-    const long blocks_of_m = (m + MC_MAX - 1) / MC_MAX;
-    const long mc = round_up((m + blocks_of_m - 1) / blocks_of_m, mr);
+    const long m_blocks = m > 0 ? ceil_div(m, MC_MAX) : 1;
+    const long mc = round_up(ceil_div(m, m_blocks), mr);
     /* k in equal blocks of at most KC: a short last block would reload C for little work. */
-    const long blocks_of_k = k > 0 ? (k + KC - 1) / KC : 1;
-    const long depth = (k + blocks_of_k - 1) / blocks_of_k > 0 ? (k + blocks_of_k - 1) / blocks_of_k : 1;
-    float *b_packed = aligned_alloc(64, sizeof(float) * round_up(depth * n_padded, 16));
-    float *a_packed = aligned_alloc(64, sizeof(float) * round_up(depth * mc, 16));
-    float *bias_padded = aligned_alloc(64, sizeof(float) * n_padded);
-    if (!b_packed || !a_packed || !bias_padded) {
-        free(b_packed), free(a_packed), free(bias_padded);
-        return -1;
-    }
+    const long k_blocks = k > 0 ? ceil_div(k, KC) : 0;
+    const long depth = k_blocks ? ceil_div(k, k_blocks) : 1;
+    const long b_size = round_up(depth * n_padded, 16), a_size = round_up(depth * mc, 16);
+    float *buffers = aligned_alloc(64, sizeof(float) * (2 * b_size + 2 * a_size + n_padded));
+    if (!buffers) return -1;
+    float *b_packed[2] = {buffers, buffers + b_size};
+    float *a_packed[2] = {buffers + 2 * b_size, buffers + 2 * b_size + a_size};
+    float *bias_padded = buffers + 2 * b_size + 2 * a_size;
     memset(bias_padded, 0, sizeof(float) * n_padded);
     if (bias) memcpy(bias_padded, bias, sizeof(float) * n);
-    if (k == 0) { /* an empty sum: every chain is just its start */
+    if (k == 0) /* an empty sum: every chain is just its start */
         for (long i = 0; i < m; i++) memcpy(c + i * ldc, bias_padded, sizeof(float) * n);
-    }
+    const long steps = k_blocks * m_blocks;
 #pragma omp parallel num_threads(threads > 0 ? threads : 1)
-    for (long k0 = 0; k0 < k; k0 += depth) {
+    for (long step = 0; step < steps; step++) {
+        const long kb = step / m_blocks, k0 = kb * depth, i0 = (step % m_blocks) * mc;
         const long kc = k - k0 < depth ? k - k0 : depth;
+        const long rows = m - i0 < mc ? m - i0 : mc, a_panels = ceil_div(rows, mr);
+        const long packs = a_panels + (i0 == 0 ? b_panels : 0);
+        float *const bp = b_packed[kb & 1], *const ap = a_packed[step & 1];
         const enum start start = k0 > 0 ? FROM_C : bias ? FROM_BIAS : FROM_ZERO;
 #pragma omp for schedule(static)
-        for (long p = 0; p < b_panels; p++)
-            pack_b(b, rsb, csb, n, p * nr, k0, kc, nr, b_packed + p * kc * nr);
-        for (long i0 = 0; i0 < m; i0 += mc) {
-            const long rows = m - i0 < mc ? m - i0 : mc, a_panels = (rows + mr - 1) / mr;
-#pragma omp for schedule(static)
-            for (long p = 0; p < a_panels; p++)
-                pack_a(a, rsa, csa, m, i0 + p * mr, k0, kc, mr, a_packed + p * kc * mr);
-            /* Consecutive tiles share a B panel, which stays in L1 while A panels stream. */
-#pragma omp for schedule(static)
-            for (long t = 0; t < b_panels * a_panels; t++) {
-                const long pb = t / a_panels, pa = t % a_panels;
-                tile(kernel, kc, a_packed + pa * kc * mr, b_packed + pb * kc * nr, c, ldc, m, n,
-                     i0 + pa * mr, pb * nr, start, bias_padded);
-            }
+        for (long p = 0; p < packs; p++) {
+            if (p < a_panels)
+                pack_a(a, rsa, csa, m, i0 + p * mr, k0, kc, mr, vector, ap + p * kc * mr);
+            else
+                pack_b(b, rsb, csb, n, (p - a_panels) * nr, k0, kc, nr, vector,
+                       bp + (p - a_panels) * kc * nr);
+        }
+        /* Consecutive tiles share a B panel, which stays in L1 while A panels stream. */
+#pragma omp for schedule(dynamic, 4) nowait
+        for (long t = 0; t < b_panels * a_panels; t++) {
+            const long pb = t / a_panels, pa = t % a_panels;
+            tile(kernel, kc, ap + pa * kc * mr, bp + pb * kc * nr, c, ldc, m, n, i0 + pa * mr,
+                 pb * nr, start, bias_padded);
         }
     }
-    free(b_packed), free(a_packed), free(bias_padded);
+    free(buffers);
     return 0;
 }
 
