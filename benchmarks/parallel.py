@@ -262,7 +262,7 @@ def logged_epoch_seconds(project: Path) -> dict[str, float]:
     import mlflow
 
     from fashion_mlp.params import load_params
-    from fashion_mlp.tracking.runs import MODEL_TAG, STAGE_TAG
+    from fashion_mlp.tracking.tags import MODEL_TAG, STAGE_TAG
     from fashion_mlp.train import TRAIN_STAGE
 
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")

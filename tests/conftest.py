@@ -96,7 +96,9 @@ def _train_project(folder: Path) -> Project:
     project.configure()
     for model in ("mlp1", "mlp2"):
         project.use_params("train", model)
-        result = project.invoke("train", model, "--no-progress")
+        result = project.invoke(
+            "train", model, "--config", f"configs/{model}.json", "--no-progress"
+        )
         assert result.exit_code == 0, result.output
     return project
 

@@ -8,22 +8,27 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
+from fashion_mlp.register import LEFT_ALONE, PROMOTED
+from fashion_mlp.tracking.tags import MODEL_TAG
 from helpers.data import (
     PROJECT_ROOT,
     project_params,
     real_data_params,
+    synthetic_split,
     tiny_params,
     write_params,
     write_synthetic_raw,
 )
 from helpers.markers import require
-from helpers.process import run
+from helpers.process import CLI, run, stage_env
 from helpers.projects import make_project, stages_run
 
 pytestmark = pytest.mark.dvc
@@ -69,11 +74,11 @@ def test_full_repro_tracks_both_models_in_one_store(reproduced):
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name("fashion-mlp")
     runs = client.search_runs([experiment.experiment_id])
-    assert sorted(tracked.info.run_name for tracked in runs) == ["mlp1", "mlp2"]
+    assert sorted(tracked.data.tags[MODEL_TAG] for tracked in runs) == ["mlp1", "mlp2"]
     lock = yaml.safe_load((reproduced / "dvc.lock").read_text())["stages"]
     (processed,) = [out for out in lock["preprocess"]["outs"] if out["path"] == "data/processed"]
     for tracked in runs:
-        name = tracked.info.run_name
+        name = tracked.data.tags[MODEL_TAG]
         assert tracked.data.tags["dvc_stage"] == f"train@{name}"
         for key in ("train_loss", "train_acc", "lr", "epoch_seconds"):
             assert [m.step for m in client.get_metric_history(tracked.info.run_id, key)] == [1, 2]
@@ -257,11 +262,26 @@ def commit_all(project: Path) -> None:
     run(["git", "commit", "-q", "-m", "baseline"], project)
 
 
+def start_queue(project: Path, workers: int) -> None:
+    """`dvc queue start -j N`, its output not captured: its workers are daemons that inherit
+    the command's stdout, so waiting for the end of a captured output can wait for the last
+    worker (one that missed its own shutdown lingered for minutes)."""
+    subprocess.run(
+        ["dvc", "queue", "start", "-j", str(workers)],
+        cwd=project,
+        env=stage_env(DVC_NO_ANALYTICS="true"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=True,
+        timeout=120,
+    )
+
+
 def test_experiments_queued_in_parallel_track_into_the_workspace_store(project):
     commit_all(project)
     runs_before = len(mlflow_runs(project))
     run(["dvc", "exp", "run", "--queue", "-S", "train.lr=0.3,0.4"], project)
-    run(["dvc", "queue", "start", "-j", "2"], project)
+    start_queue(project, workers=2)
     deadline = time.monotonic() + 600
     while re.search(r"\b(Queued|Running)\b", status := run(["dvc", "queue", "status"], project)):
         assert time.monotonic() < deadline, status
@@ -279,7 +299,7 @@ def test_experiments_queued_in_parallel_track_into_the_workspace_store(project):
         assert len(tracked_run.data.tags["git_commit"]) == 40
         name = tracked_run.data.tags["dvc_exp_name"]
         tracked.setdefault(name, set()).add(
-            (tracked_run.info.run_name, tracked_run.data.params["lr"])
+            (tracked_run.data.tags[MODEL_TAG], tracked_run.data.params["lr"])
         )
     assert set(tracked) == experiments
     assert sorted(tracked.values(), key=sorted) == [
@@ -294,7 +314,7 @@ def test_a_workspace_experiment_on_one_models_key_reruns_only_that_model(project
     output = run(["dvc", "exp", "run", "-S", "++models.mlp1.lr=0.05"], project)
     assert stages_run(output) == {"configure", "train@mlp1", "evaluate@mlp1", "compare"}
     newest = mlflow_runs(project)[0]
-    assert newest.info.run_name == "mlp1" and newest.data.params["lr"] == "0.05"
+    assert newest.data.tags[MODEL_TAG] == "mlp1" and newest.data.params["lr"] == "0.05"
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project))
     experiments = {exp["name"] for entry in shown for exp in entry.get("experiments") or []}
     assert newest.data.tags["dvc_exp_name"] in experiments
@@ -311,6 +331,19 @@ def test_an_experiment_leaves_the_champion_alone_until_it_is_applied(project):
     assert "register" in stages_run(output)
     (name,) = re.findall(r"experiment (\S+): registry left alone", output)
     assert client.get_model_version_by_alias("fashion-mlp", "champion").version == before.version
+    # The experiment's result is in the workspace now (a plain `dvc exp run` applies it): the
+    # champion file says the registry does not hold it, and predict will not answer with the
+    # registry's older champion while the workspace names another.
+    champion = json.loads((project / "reports/champion.json").read_text())
+    assert champion["registry"] == LEFT_ALONE
+    image = project / "garment.png"
+    Image.fromarray(synthetic_split(1, seed=3)[0][0]).save(image)
+    refused = subprocess.run(
+        [CLI, "predict", str(image)], cwd=project, env=stage_env(), capture_output=True, text=True
+    )
+    assert refused.returncode == 1
+    assert "is not this workspace's (mlp2, sha256 " in refused.stderr
+    assert refused.stderr.rstrip().endswith("or `git pull` the champion a teammate promoted")
 
     run(["git", "checkout", "-q", "--", "."], project)
     run(["dvc", "checkout", "-q"], project)
@@ -319,23 +352,73 @@ def test_an_experiment_leaves_the_champion_alone_until_it_is_applied(project):
     assert "now points at version 2: mlp2" in output
     promoted = client.get_model_version_by_alias("fashion-mlp", "champion")
     assert client.get_run(promoted.run_id).data.params["lr"] == "0.05"
+    assert json.loads((project / "reports/champion.json").read_text())["registry"] == PROMOTED
+    answered = run([CLI, "predict", str(image)], project)
+    assert answered.startswith("model: fashion-mlp version 2: mlp2 (run ")
 
 
-def test_editing_a_module_reruns_exactly_the_stages_that_run_it(project):
-    def touch(module: str) -> None:
-        path = project / "src/fashion_mlp" / module
-        path.write_text(path.read_text() + "\n# edited\n")
+def test_a_collapsed_training_warns_and_register_refuses_it_as_champion(project):
+    """A training whose weight average never leaves its start ends at chance accuracy, with a
+    finite loss: train warns in one line, and `dvc repro` stops at register, which registers
+    nothing (mlp2 is the tiny project's champion)."""
+    import mlflow
 
-    def changed() -> set[str]:
-        return set(json.loads(run(["dvc", "status", "--json"], project)))
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    before = client.get_model_version_by_alias("fashion-mlp", "champion")
+    champion = (project / "reports/champion.json").read_bytes()
+    edit_params(project, lambda params: params["models"]["mlp2"].update(ema_decay=0.999999999))
+    done = subprocess.run(
+        ["dvc", "repro"], cwd=project, env=stage_env(), capture_output=True, text=True
+    )
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert re.search(r"warning: mlp2 ends at test accuracy 0\.1\d+, about chance", output), output
+    floor = r"error: mlp2: test_acc 0\.1\d+ is below the floor 0\.2 \(params "
+    assert re.search(floor + r"mlflow\.champion_min_test_acc\)", output), output
+    assert client.get_model_version_by_alias("fashion-mlp", "champion").version == before.version
+    assert (project / "reports/champion.json").read_bytes() == champion
 
-    touch("compare.py")
-    assert changed() == {"compare"}
-    touch("metrics.py")  # the evaluation metrics: not a code dep of any training
-    assert changed() == {"evaluate@mlp1", "evaluate@mlp2", "compare", "register"}
-    touch("splits.py")  # the processed data's reader and writer
-    stages = {f"{s}@{m}" for s in ("train", "evaluate") for m in ("mlp1", "mlp2")}
-    assert changed() == stages | {"compare", "register", "preprocess"}
+
+# What each kind of code edit may rerun in the tiny project (models mlp1 and mlp2), as `dvc
+# status` marks it: the same rule decides what `dvc repro` reruns.
+TRAININGS = {"train@mlp1", "train@mlp2"}
+EVALUATIONS = {"evaluate@mlp1", "evaluate@mlp2"}
+# An edit appended to a module, by what it adds.
+REGISTRY_EDITS = {
+    "optimizers.py": 'BUILDERS["rmsprop"] = _sgd  # a new optimizer\n',
+    "metrics.py": 'EVALUATION_METRICS["test_error"] = EVALUATION_METRICS["test_acc"]\n',
+    "nonlinearities.py": 'TORCH_LAYERS["silu"] = "SiLU"  # a new activation\n',
+    "choices.py": 'OPTIMIZERS = (*OPTIMIZERS, "rmsprop")\n',
+}
+
+
+def test_a_code_edit_reruns_exactly_the_stages_whose_outputs_it_can_change(project):
+    """Per README "Changing code": the registries rerun what runs them, the recording layer
+    (tracking/) and the vocabulary of names (choices.py) rerun nothing."""
+    source = project / "src/fashion_mlp"
+
+    def marked_after(module: str, line: str) -> set[str]:
+        path = source / module
+        original = path.read_text()
+        path.write_text(original + "\n" + line)
+        try:
+            return set(json.loads(run(["dvc", "status", "--json"], project)))
+        finally:
+            path.write_text(original)
+
+    expected = {
+        "optimizers.py": TRAININGS,
+        "metrics.py": EVALUATIONS | {"register", "compare"},
+        "nonlinearities.py": TRAININGS | {"activations"},
+        "choices.py": set(),
+        "compare.py": {"compare"},
+        "splits.py": TRAININGS | EVALUATIONS | {"preprocess"},
+    }
+    for module, stages in expected.items():
+        for line in {"# edited\n", REGISTRY_EDITS.get(module, "# edited\n")}:
+            assert marked_after(module, line) == stages, (module, line)
+    for path in sorted((source / "tracking").glob("*.py")):
+        assert marked_after(f"tracking/{path.name}", "# edited\n") == set(), path.name
 
 
 def test_an_edit_that_leaves_a_stages_outputs_the_same_stops_the_rerun_there(project):
@@ -440,7 +523,8 @@ def changed_value(key: str, value, project: Path):
     if isinstance(value, int):
         return value + 1
     if isinstance(value, float):
-        return round(value * 0.9 + 0.01, 4)
+        other = round(value * 0.9 + 0.01, 4)
+        return other if other != value else round(value / 2, 4)
     if isinstance(value, list):
         return [round(item * 0.9, 4) if isinstance(item, float) else item for item in value]
     raise AssertionError(f"no other value for {key} = {value!r}")
@@ -463,7 +547,8 @@ def expected_stages(key: str, params: dict) -> set[str]:
         return {"configure", *retrained, *(["compare"] if retrained else [])} | swept
     if section == "sweep":
         return {"sweeps/dvc.yaml:sweep"}
-    return {"register"} if key == "mlflow.champion" else set()  # where runs go: nothing
+    # The champion and its quality gate: register only; where runs go: nothing.
+    return {"register"} if key.startswith("mlflow.champion") else set()
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,12 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
+from fashion_mlp.choices import ACTIVATIONS
 from fashion_mlp.cli import app
 from fashion_mlp.errors import PipelineError
 from fashion_mlp.layers import Linear
 from fashion_mlp.model import build_mlp, checkpoint_bytes, load_checkpoint, save_checkpoint
-from fashion_mlp.nonlinearities import ACTIVATIONS, activation_layer
+from fashion_mlp.nonlinearities import TORCH_LAYERS, activation_layer
 from fashion_mlp.params import Activation, ModelSpec
 from helpers.data import declared_params, write_params
 
@@ -22,7 +23,7 @@ def spec(hidden, activation="relu", dropout=0.0, batch_norm=False) -> ModelSpec:
 
 
 def test_every_activation_params_accept_is_one_the_registry_builds():
-    assert set(typing.get_args(Activation)) == set(ACTIVATIONS)
+    assert set(typing.get_args(Activation)) == set(ACTIVATIONS) == set(TORCH_LAYERS)
     for name in ACTIVATIONS:
         layer = activation_layer(name)
         assert isinstance(layer, nn.Module) and layer(torch.zeros(2)).shape == (2,)

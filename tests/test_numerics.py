@@ -64,7 +64,17 @@ def without_numerics(**extra: str) -> dict[str, str]:
 def train(project: Path, model: str, out: str, env: dict[str, str]) -> str:
     """SHA-256 of the checkpoint `fashion-mlp train MODEL` writes with this environment."""
     done = subprocess.run(
-        [CLI, "train", model, "--no-progress", "--no-tracking", "--out-dir", out],
+        [
+            CLI,
+            "train",
+            model,
+            "--config",
+            f"configs/{model}.json",
+            "--no-progress",
+            "--no-tracking",
+            "--out-dir",
+            out,
+        ],
         cwd=project,
         env=env,
         capture_output=True,
@@ -178,7 +188,17 @@ def test_numerics_the_caller_set_are_honoured_and_named_never_replaced():
 def test_train_says_in_one_line_that_the_callers_numerics_were_honoured(tmp_path):
     project = wide_project(tmp_path)
     done = subprocess.run(
-        [CLI, "train", "mlp1", "--no-progress", "--no-tracking", "--out-dir", "out"],
+        [
+            CLI,
+            "train",
+            "mlp1",
+            "--config",
+            "configs/mlp1.json",
+            "--no-progress",
+            "--no-tracking",
+            "--out-dir",
+            "out",
+        ],
         cwd=project,
         env=without_numerics(MKL_CBWR="AUTO,STRICT", FASHION_MLP_THREADS="1"),
         capture_output=True,

@@ -207,7 +207,9 @@ def test_float_images_stop_the_train_stage_before_any_training(workdir, params):
     _save_split(workdir / "data/processed", zeros, torch.arange(100) % 10, split="test")
     configure_models(write_params(workdir / "params.yaml", params), workdir / "configs")
     write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
-    result = CliRunner().invoke(app, ["train", "mlp1", "--no-progress", "--no-tracking"])
+    result = CliRunner().invoke(
+        app, ["train", "mlp1", "--config", "configs/mlp1.json", "--no-progress", "--no-tracking"]
+    )
     assert result.exit_code == 1
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: data/processed/train.safetensors: images are float32")

@@ -17,7 +17,12 @@ from PIL import Image, PngImagePlugin
 
 from fashion_mlp.dataset import CLASS_NAMES
 from helpers.data import synthetic_split, write_params
-from helpers.plants import plant_champion_copy, plant_code_champion, plant_pickle_champion
+from helpers.plants import (
+    forge_run,
+    plant_champion_copy,
+    plant_code_champion,
+    plant_pickle_champion,
+)
 from helpers.process import (
     CLI,
     free_port,
@@ -67,10 +72,14 @@ def test_register_makes_the_declared_champion_champion_once(registered):
     assert (registered.folder / "reports/champion.json").read_bytes() == before
 
 
-@pytest.mark.slow  # a fresh process importing MLflow: 2 s
-def test_register_loads_mlflow_but_not_torch(evaluated):
+@pytest.mark.slow  # a fresh process importing MLflow and torch: 3 s
+def test_register_loads_torch_only_to_read_the_logged_graph_it_checks(evaluated):
+    """register reads the champion's logged torch.export graph to compare its tensors with the
+    checkpoint (tracking/models.py); evaluate, which trusts the checkpoint copy, loads no torch."""
     evaluated.use_params("register")
-    assert heavy_modules_loaded(evaluated, "register") == {"mlflow"}
+    assert heavy_modules_loaded(evaluated, "register") == {"mlflow", "torch"}
+    evaluated.use_params("evaluate", "mlp1")
+    assert "torch" not in heavy_modules_loaded(evaluated, "evaluate", "mlp1")
 
 
 def png(path: Path, array: np.ndarray, mode: str = "L") -> Path:
@@ -97,6 +106,72 @@ def test_predict_classifies_png_and_idx_files_with_the_champion(registered):
         assert line.split(": ")[1].startswith(CLASS_NAMES[label])
         probabilities = [float(part.rsplit(" ", 1)[1]) for part in line.split(": ")[1].split(", ")]
         assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
+
+
+def test_a_forged_run_never_becomes_champion_and_is_named_with_its_author(registered):
+    """A newer run copying the genuine mlp1 run's tags, its weights digest included, with mlp2's
+    files as its model: register checks the bytes, refuses it by name and author, and promotes
+    the genuine run; with the genuine run gone, it registers nothing."""
+    import mlflow
+
+    forged = forge_run(registered.store, victim="mlp1", donor="mlp2", author="mallory")
+    client = mlflow.MlflowClient(registered.store)
+    author = "mallory"
+    registered.params["mlflow"]["champion"] = "mlp1"
+    registered.use_params("register")
+    result = registered.invoke("register")
+    assert result.exit_code == 0, result.output
+    (warning,) = result.stderr.splitlines()
+    assert warning.startswith(
+        f"warning: refusing run {forged} of 'mlp1' by {author}: its logged weights (sha256 "
+    )
+    version = client.get_model_version_by_alias("fashion-mlp", "champion")
+    assert version.run_id != forged
+    assert client.get_run(version.run_id).data.tags["fashion_mlp.model"] == "mlp1"
+
+    client.delete_run(version.run_id)
+    refused = registered.invoke("register")
+    assert refused.exit_code == 1
+    assert refused.stderr.startswith(f"error: refusing run {forged} of 'mlp1' by {author}: ")
+    assert "no run whose logged model holds these weights" in refused.stderr
+
+
+def test_predict_and_serve_refuse_a_registry_champion_that_is_not_the_workspaces(registered):
+    """The alias moved elsewhere (by a teammate, or by someone with EDIT on the registered
+    model): predict and serve compare the champion's logged weights with the workspace's and
+    refuse, saying which is which and what to do."""
+    import mlflow
+
+    client = mlflow.MlflowClient(registered.store)
+    mlp1_model = client.search_logged_models(
+        [client.get_experiment_by_name("fashion-mlp").experiment_id],
+        filter_string="name = 'mlp1'",
+    )[0]
+    version = client.create_model_version(
+        "fashion-mlp",
+        f"models:/{mlp1_model.model_id}",
+        mlp1_model.source_run_id,
+        model_id=mlp1_model.model_id,
+    )
+    client.set_registered_model_alias("fashion-mlp", "champion", version.version)
+    write_params(registered.folder / "params.yaml", registered.params)  # champion: mlp2
+    image = png(registered.folder / "garment.png", TEST_IMAGES[0])
+    for command in (["predict", str(image)], ["serve", "--port", str(free_port())]):
+        done = subprocess.run(
+            [CLI, *command],
+            cwd=registered.folder,
+            env=stage_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 1 and done.stdout == "", command
+        (line,) = done.stderr.strip().splitlines()
+        assert line.startswith(
+            f"error: the registry's champion (fashion-mlp version {version.version}: mlp1, run "
+        ), line
+        assert "is not this workspace's (mlp2, sha256 " in line
+        assert "in models/mlp2/model.safetensors): promote the workspace's with `dvc repro" in line
 
 
 def test_predict_with_a_local_checkpoint_needs_no_registry(trained):
@@ -414,15 +489,14 @@ def test_serve_refuses_a_planted_champion_before_serving_anything(registered, pl
 
 
 def test_serve_answers_an_error_not_the_nan_logits_of_a_diverged_model():
-    """MLflow writes NaN logits as a bare NaN, which is not JSON; the front answers a 500 in
-    JSON instead. (A model our checks accept gives NaN only from diverged weights: made up here.)"""
+    """NaN logits are not JSON: the front answers a 500 in JSON instead. (A model our checks
+    accept gives NaN only from diverged weights: made up here.)"""
     import asyncio
 
     from fashion_mlp.serve import ValidatingFront
 
-    async def diverged_model(scope, receive, send):
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b'{"predictions": [[NaN, 1.0]]}'})
+    def diverged_model(pixels):
+        return np.array([[np.nan, 1.0]] * len(pixels))
 
     async def invoke(app, body: bytes) -> list[dict]:
         scope = {

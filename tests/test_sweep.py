@@ -450,7 +450,7 @@ def test_the_next_sweep_closes_the_runs_a_dead_driver_left(sweep_project, embedd
     from fashion_mlp.tracking.runs import Runs
 
     # The owner tags of a process that ran on this machine and is gone.
-    identity = "import json; from fashion_mlp.tracking.runs import owner_tags; "
+    identity = "import json; from fashion_mlp.tracking.orphans import owner_tags; "
     identity += "print(json.dumps(owner_tags()))"
     gone = subprocess.run([sys.executable, "-c", identity], capture_output=True, check=True)
     dead = json.loads(gone.stdout)

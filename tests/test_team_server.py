@@ -19,8 +19,9 @@ import pytest
 from PIL import Image
 
 from fashion_mlp.preprocess import preprocess
+from fashion_mlp.tracking.tags import MODEL_TAG
 from helpers.data import synthetic_split, tiny_params, write_params, write_synthetic_raw
-from helpers.plants import plant_pickle_champion
+from helpers.plants import forge_run, plant_pickle_champion
 from helpers.process import CLI, run, stage_env, train_at_once
 from helpers.projects import configure_models, make_project, stages_run
 from helpers.servers import TeamServer, environment
@@ -108,19 +109,34 @@ def test_team_members_run_the_unchanged_pipeline_with_their_own_credentials(team
     assert not (project / "mlflow.db").exists(), "the server, not the params' sqlite, is used"
     # Bob, a member too, is not locked out of what Alice's stages wrote into.
     bob_env = team_server.credentials(bob, passwords[bob])
-    run([CLI, "train", "mlp2", "--no-progress", "--out-dir", "models/bob"], project, env=bob_env)
+    run(
+        [
+            CLI,
+            "train",
+            "mlp2",
+            "--config",
+            "configs/mlp2.json",
+            "--no-progress",
+            "--out-dir",
+            "models/bob",
+        ],
+        project,
+        env=bob_env,
+    )
 
     with environment(alice_env):
         client = mlflow.MlflowClient(team_server.uri)
         mlflow.set_tracking_uri(team_server.uri)
         runs = mlflow.search_runs(experiment_names=["team-pipeline"], output_format="list")
-        assert sorted(r.info.run_name for r in runs) == ["mlp1", "mlp2", "mlp2"]
+        assert sorted(r.data.tags[MODEL_TAG] for r in runs) == ["mlp1", "mlp2", "mlp2"]
         assert {r.info.user_id for r in runs} == {alice, bob}
         for tracked in runs:
             assert tracked.info.status == "FINISHED"
             steps = [m.step for m in client.get_metric_history(tracked.info.run_id, "train_loss")]
             assert steps == [1, 2]
-        first = next(r for r in runs if r.info.user_id == alice and r.info.run_name == "mlp1")
+        first = next(
+            r for r in runs if r.info.user_id == alice and r.data.tags[MODEL_TAG] == "mlp1"
+        )
         assert "test_loss" in first.data.metrics  # logged by evaluate, same run
         artifacts = {a.path for a in client.list_artifacts(first.info.run_id, "evaluation")}
         assert "evaluation/confusion_matrix.png" in artifacts
@@ -141,7 +157,9 @@ def test_a_user_without_permission_cannot_write_and_is_told_so(team_server, tmp_
     team_setup(team_server, project, member)
     configure_and_preprocess(project, tmp_path / "source")
     env = stage_env(**team_server.credentials(outsider, outsider_password))
-    result = stage(["train", "mlp1", "--no-progress"], project, env)
+    result = stage(
+        ["train", "mlp1", "--config", "configs/mlp1.json", "--no-progress"], project, env
+    )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: MLflow tracking store {team_server.uri}: permission denied for user "
@@ -151,7 +169,11 @@ def test_a_user_without_permission_cannot_write_and_is_told_so(team_server, tmp_
     assert not (project / "models").exists()
     # Nor through the API: a member's run can be read, not deleted, by the outsider.
     member_env = team_server.credentials(member, member_password)
-    run([CLI, "train", "mlp1", "--no-progress"], project, env=member_env)
+    run(
+        [CLI, "train", "mlp1", "--config", "configs/mlp1.json", "--no-progress"],
+        project,
+        env=member_env,
+    )
     with environment(member_env):
         (member_run,) = mlflow.MlflowClient(team_server.uri).search_runs(
             [
@@ -178,7 +200,9 @@ def test_a_wrong_or_missing_password_fails_the_stage_with_one_line(team_server, 
     env = stage_env(**team_server.connection())
     if password:
         env |= {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
-    result = stage(["train", "mlp1", "--no-progress"], project, env)
+    result = stage(
+        ["train", "mlp1", "--config", "configs/mlp1.json", "--no-progress"], project, env
+    )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"error: MLflow tracking store {team_server.uri}: the server refused the credentials "
@@ -311,3 +335,29 @@ def test_team_setup_refuses_a_name_another_account_took_first(team_server, tmp_p
     assert granted == {"experiment": "READ", "registered_model": "READ"}
     if squatted == "experiment":
         assert experiment not in models, "a refused team-setup leaves no registered model behind"
+
+
+@pytest.mark.dvc
+def test_a_forged_run_by_another_member_never_becomes_champion(team_server, tmp_path):
+    """Mallory, a member with EDIT like everyone, copies the tags of Alice's mlp1 run onto a
+    newer run of her own whose model holds mlp2's files. Alice's promotion checks the bytes:
+    Mallory's run is refused by name, and Alice's run stays the champion."""
+    import mlflow
+
+    alice, mallory = "alice-forged", "mallory-forged"
+    passwords = {user: team_server.add_user(user) for user in (alice, mallory)}
+    project = team_project(tmp_path, "team-forged")
+    team_setup(team_server, project, alice, mallory)
+    alice_env = team_server.credentials(alice, passwords[alice])
+    run(["dvc", "repro"], project, env=alice_env)
+    with environment(team_server.credentials(mallory, passwords[mallory])):
+        forged = forge_run(team_server.uri, "mlp1", "mlp2", mallory, experiment="team-forged")
+    promoted = stage(["register"], project, alice_env)
+    assert promoted.returncode == 0, promoted.stderr
+    assert promoted.stderr.startswith(
+        f"warning: refusing run {forged} of 'mlp1' by {mallory}: its logged weights (sha256 "
+    )
+    with environment(alice_env):
+        client = mlflow.MlflowClient(team_server.uri)
+        version = client.get_model_version_by_alias("team-forged", "champion")
+        assert client.get_run(version.run_id).info.user_id == alice

@@ -52,9 +52,9 @@ def test_fast_trainer_matches_the_textbook_loop_in_test_accuracy(tmp_path, hidde
     )
     textbook = copy.deepcopy(ours)
 
-    history, _ = fit(
+    history = fit(
         ours, splits["train"], splits["test"], params, torch.Generator().manual_seed(0)
-    )
+    ).history
 
     train_loader, test_loader = make_loaders(
         torchvision_layout(raw, tmp_path / "torchvision"),

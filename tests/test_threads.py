@@ -100,7 +100,17 @@ def test_a_registry_another_user_planted_stops_a_training_with_one_line(wide_pro
     for step in (["mkdir", "-p", "-m", "0755", str(planted)], ["mkfifo", str(planted / "x")]):
         subprocess.run(as_other_user(step), check=True)
     env = {k: v for k, v in stage_env(TMPDIR=str(shared_tmp)).items() if k != "XDG_RUNTIME_DIR"}
-    command = [CLI, "train", "mlp1", "--no-progress", "--no-tracking", "--out-dir", "out"]
+    command = [
+        CLI,
+        "train",
+        "mlp1",
+        "--config",
+        "configs/mlp1.json",
+        "--no-progress",
+        "--no-tracking",
+        "--out-dir",
+        "out",
+    ]
     # The timeout turns the old hang into a failure.
     done = subprocess.run(
         command, cwd=wide_project, env=env, capture_output=True, text=True, timeout=120
@@ -128,7 +138,17 @@ def wide_project(tmp_path) -> Path:
 
 def train(project: Path, out: str, **env: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [CLI, "train", "mlp1", "--no-progress", "--no-tracking", "--out-dir", out],
+        [
+            CLI,
+            "train",
+            "mlp1",
+            "--config",
+            "configs/mlp1.json",
+            "--no-progress",
+            "--no-tracking",
+            "--out-dir",
+            out,
+        ],
         cwd=project,
         env=stage_env(FASHION_MLP_CORE_REGISTRY=str(project / "cores"), **env),
         stderr=subprocess.PIPE,

@@ -1,8 +1,11 @@
 """tracking: one store wherever a stage runs; a down or refusing server fails a stage fast."""
 
 import subprocess
+import sys
 import threading
 import urllib.parse
+import uuid
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -13,8 +16,10 @@ from fashion_mlp.cli import app
 from fashion_mlp.params import TrackingSettings
 from fashion_mlp.preprocess import preprocess
 from fashion_mlp.tracking.store import HTTP_LIMITS, experiment_url, resolve_target
+from fashion_mlp.tracking.tags import MODEL_TAG
 from helpers.data import PROJECT_ROOT, declared_params, isolate, write_params
 from helpers.filesystems import fill, make_read_only, small_tmpfs
+from helpers.markers import require
 from helpers.process import (
     CLI,
     VENV_BIN,
@@ -53,7 +58,10 @@ def test_a_project_in_a_folder_with_a_percent_keeps_its_runs_in_its_own_store(
     params["mlflow"]["tracking_uri"] = "sqlite:///mlflow.db"  # in the project folder
     preprocess(params["data"]["local_dir"], project / "data/processed")
     configure_models(write_params(project / "params.yaml", params), project / "configs")
-    for stage in (["train", "mlp1", "--no-progress"], ["evaluate", "mlp1"]):
+    for stage in (
+        ["train", "mlp1", "--config", "configs/mlp1.json", "--no-progress"],
+        ["evaluate", "mlp1"],
+    ):
         result = CliRunner().invoke(app, stage)
         assert result.exit_code == 0, result.output
     assert (project / "mlflow.db").is_file() and not (tmp_path / "xAy").exists()
@@ -78,6 +86,87 @@ def test_credentials_in_the_tracking_uri_are_refused_without_showing_them(workdi
     assert not (workdir / "models").exists()
 
 
+@pytest.fixture
+def remote_listener(tmp_path) -> Iterator[tuple[str, Path]]:
+    """A plain TCP listener on a non-loopback address: inside a network namespace the test
+    creates, joined to this one by a veth pair. Yields its http:// URL and the file where it
+    writes every byte it receives."""
+    name = f"fmlp-{uuid.uuid4().hex[:6]}"
+    created = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    require(created.returncode == 0, f"cannot create a network namespace: {created.stderr}")
+    inside, host_end, ns_end = ["ip", "netns", "exec", name], f"{name}-h", f"{name}-n"
+    received = tmp_path / "received"
+    listener = None
+    try:
+        for command in (
+            ["ip", "link", "add", host_end, "type", "veth", "peer", "name", ns_end],
+            ["ip", "link", "set", ns_end, "netns", name],
+            ["ip", "addr", "add", "10.231.7.1/30", "dev", host_end],
+            ["ip", "link", "set", host_end, "up"],
+            [*inside, "ip", "addr", "add", "10.231.7.2/30", "dev", ns_end],
+            [*inside, "ip", "link", "set", ns_end, "up"],
+        ):
+            subprocess.run(command, check=True, capture_output=True)
+        script = (
+            "import socket, sys\n"
+            "server = socket.create_server(('10.231.7.2', 8080))\n"
+            "print('listening', flush=True)\n"
+            "while True:\n"
+            "    connection, _ = server.accept()\n"
+            "    connection.settimeout(2)\n"
+            "    try:\n"
+            "        data = connection.recv(65536)\n"
+            "    except OSError:\n"
+            "        data = b''\n"
+            f"    open({str(received)!r}, 'ab').write(data or b'(connected)')\n"
+            "    connection.close()\n"
+        )
+        listener = subprocess.Popen(
+            [*inside, sys.executable, "-c", script], stdout=subprocess.PIPE, text=True
+        )
+        assert listener.stdout.readline().strip() == "listening"
+        yield "http://10.231.7.2:8080", received
+    finally:
+        if listener is not None:
+            listener.kill()
+            listener.wait()
+        subprocess.run(["ip", "link", "del", host_end], capture_output=True)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def test_credentials_are_never_sent_over_plain_http_to_another_host(
+    workdir, params, remote_listener
+):
+    """Refused before the first request, which would carry them in clear; the control shows the
+    listener receives what a client sends it."""
+    url, received = remote_listener
+    write_params(workdir / "params.yaml", params)
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
+
+    def cleanup_runs(**credentials: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [CLI, "cleanup-runs"],
+            cwd=workdir,
+            env=stage_env(MLFLOW_TRACKING_URI=url, **quick, **credentials),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    refused = cleanup_runs(MLFLOW_TRACKING_USERNAME="alice", MLFLOW_TRACKING_PASSWORD="s3cret-pw")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "error: refusing to send MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to "
+        f"{url} over plain http://, where anyone on the way can read them; use the server's "
+        "https:// address (README: a team tracking server), or unset them for a server without "
+        "accounts"
+    )
+    assert not received.exists()
+    control = cleanup_runs()
+    assert control.returncode == 1 and received.exists(), control.stderr
+    assert b"s3cret" not in received.read_bytes()
+
+
 @pytest.mark.slow
 def test_mlflow_run_of_a_stage_must_use_the_projects_experiment(workdir, params):
     """`mlflow run` opens a run of its own, in "Default" unless told otherwise."""
@@ -100,6 +189,7 @@ def test_mlflow_run_of_a_stage_must_use_the_projects_experiment(workdir, params)
 
     refused = mlflow_run()
     assert refused.returncode != 0
+    assert "epoch 1/" not in refused.stdout + refused.stderr, "refused only after training"
     (line,) = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
     assert line.endswith(
         "in experiment 'Default', but this project tracks into 'fashion-mlp'; rerun it with "
@@ -132,7 +222,7 @@ def train_against(
     env = stage_env(MLFLOW_TRACKING_URI=uri, **env)
     # The timeout only guards the test run against a hang; the bound is in the retry count.
     return subprocess.run(
-        [CLI, "train", "mlp1", "--no-progress", *args],
+        [CLI, "train", "mlp1", "--config", "configs/mlp1.json", "--no-progress", *args],
         cwd=workdir,
         env=env,
         capture_output=True,
@@ -203,12 +293,12 @@ def test_parallel_stages_on_one_sqlite_store_lose_no_run_and_no_metric_step(work
     mlflow.set_tracking_uri(params["mlflow"]["tracking_uri"])
     client = mlflow.MlflowClient()
     runs = mlflow.search_runs(experiment_names=["fashion-mlp"], output_format="list")
-    assert sorted(run.info.run_name for run in runs) == ["mlp1", "mlp1", "mlp2", "mlp2"]
+    assert sorted(run.data.tags[MODEL_TAG] for run in runs) == ["mlp1", "mlp1", "mlp2", "mlp2"]
     for run in runs:
         assert run.info.status == "FINISHED"
         for key in ("train_loss", "train_acc", "test_acc", "lr", "epoch_seconds"):
             steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
-            assert steps == [1, 2, 3, 4, 5], (run.info.run_name, key)
+            assert steps == [1, 2, 3, 4, 5], (run.data.tags[MODEL_TAG], key)
 
 
 def only_line(result: subprocess.CompletedProcess) -> str:
@@ -319,7 +409,11 @@ def test_writes_retried_after_a_slow_answer_leave_no_duplicates(workdir, params,
         configure_models(write_params(workdir / "params.yaml", params), workdir / "configs")
         with slow_proxy(port, SLOW_WRITES, delay=3) as (proxy, seen):
             env = stage_env(MLFLOW_TRACKING_URI=proxy, MLFLOW_HTTP_REQUEST_TIMEOUT="1")
-            for stage in (["train", "mlp1", "--no-progress"], ["evaluate", "mlp1"], ["register"]):
+            for stage in (
+                ["train", "mlp1", "--config", "configs/mlp1.json", "--no-progress"],
+                ["evaluate", "mlp1"],
+                ["register"],
+            ):
                 done = subprocess.run([CLI, *stage], cwd=workdir, env=env, capture_output=True)
                 assert done.returncode == 0, done.stderr
         assert all(seen[path] == 2 for path in SLOW_WRITES), seen  # each create was retried

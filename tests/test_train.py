@@ -19,6 +19,7 @@ from fashion_mlp.model import build_mlp, load_checkpoint
 from fashion_mlp.params import ModelSpec, TrainParams
 from fashion_mlp.preprocess import preprocess
 from fashion_mlp.splits import Split
+from fashion_mlp.tracking.tags import run_name
 from fashion_mlp.train import fit, resolve_device
 from helpers.data import declared_params, spec, train_params, write_params
 from helpers.markers import require, require_gpu
@@ -39,8 +40,8 @@ def run_fit(splits, params, spec=SPEC, **callbacks):
     torch.manual_seed(params.seed)
     generator = torch.Generator().manual_seed(params.seed)
     model = build_mlp(spec, params.init_std, generator)
-    history, kept = fit(model, *splits, params, generator, **callbacks)
-    return kept, history
+    fitted = fit(model, *splits, params, generator, **callbacks)
+    return fitted.model, fitted.history
 
 
 def test_loss_falls_when_overfitting_one_small_batch():
@@ -112,7 +113,9 @@ def test_cli_train_writes_outputs_and_tracks_the_run_in_mlflow(workdir, params, 
     # A sample every 0.05 s: even this short training (and its model export) gets some.
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.05")
     result = CliRunner().invoke(
-        app, ["train", "mlp2", "--no-progress"], env={"DVC_STAGE": "train@mlp2"}
+        app,
+        ["train", "mlp2", "--config", "configs/mlp2.json", "--no-progress"],
+        env={"DVC_STAGE": "train@mlp2"},
     )
     assert result.exit_code == 0, result.output
     assert "mlp2: test accuracy" in result.output
@@ -143,7 +146,7 @@ def test_cli_train_writes_outputs_and_tracks_the_run_in_mlflow(workdir, params, 
     mlflow.set_tracking_uri(params["mlflow"]["tracking_uri"])
     (run,) = mlflow.search_runs(experiment_names=["fashion-mlp"], output_format="list")
     run_id = run.info.run_id
-    assert run.info.run_name == "mlp2" and run.info.status == "FINISHED"
+    assert run.info.run_name == run_name("mlp2") and run.info.status == "FINISHED"
     assert run.data.params["lr"] == "0.25" and run.data.params["hidden"] == "32,16"
     assert set(run.data.params) == {"model", *ModelSpec.model_fields, *TrainParams.model_fields}
     tags = run.data.tags
@@ -183,9 +186,46 @@ def test_cli_train_writes_outputs_and_tracks_the_run_in_mlflow(workdir, params, 
 
 def test_cli_train_of_an_unconfigured_model_fails_before_any_work(workdir, params):
     configured(workdir, params)
-    result = CliRunner().invoke(app, ["train", "mlp9"])
+    result = CliRunner().invoke(app, ["train", "mlp9", "--config", "configs/mlp9.json"])
     assert result.exit_code == 1
-    assert result.stderr.startswith("error: configs/mlp9.json: not found; run `fashion-mlp")
+    assert result.stderr.startswith(
+        "error: configs/mlp9.json: model config not found; run `fashion-mlp configure`"
+    )
+    by_hand = CliRunner().invoke(app, ["train", "mlp9"])  # from params.yaml
+    assert by_hand.exit_code == 1
+    assert by_hand.stderr.startswith("error: params.yaml: no model 'mlp9' under models; known: ")
+    assert not (workdir / "models").exists()
+
+
+def test_train_by_hand_trains_what_the_params_file_says_not_a_config_left_from_before(
+    workdir, params
+):
+    """configs/ says 2 epochs (the params it was written from); the params file now says 1, and
+    other.yaml 3: without --config, train computes the effective params from --params."""
+    configured(workdir, params)
+    params["train"]["epochs"] = 1
+    write_params(workdir / "params.yaml", params)
+    write_params(workdir / "other.yaml", params | {"train": params["train"] | {"epochs": 3}})
+    for args, epochs in (([], 1), (["--params", "other.yaml"], 3)):
+        result = CliRunner().invoke(
+            app, ["train", "mlp1", *args, "--no-progress", "--no-tracking", "--out-dir", "out"]
+        )
+        assert result.exit_code == 0, result.output
+        assert result.output.splitlines()[-1].endswith(f"after {epochs} epochs"), args
+
+
+def test_a_key_written_twice_in_a_config_is_refused_before_any_work(workdir, params):
+    configured(workdir, params)
+    config = workdir / "configs/mlp1.json"
+    config.write_text(config.read_text().replace('"lr": 0.5,', '"lr": 0.5, "lr": 5.0,'))
+    result = CliRunner().invoke(
+        app, ["train", "mlp1", "--config", str(config), "--no-progress", "--no-tracking"]
+    )
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        f"error: {config}: key 'lr' appears twice in one object; keep one; run `fashion-mlp "
+        "configure`"
+    )
     assert not (workdir / "models").exists()
 
 
@@ -199,7 +239,10 @@ def test_the_console_script_exits_with_the_commands_status_and_all_its_output(wo
     configured(workdir, params)
     write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
     trained = subprocess.run(
-        [CLI, "train", "mlp1", "--no-progress"], cwd=workdir, capture_output=True, text=True
+        [CLI, "train", "mlp1", "--config", "configs/mlp1.json", "--no-progress"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
     )
     assert trained.returncode == 0, trained.stderr
     assert trained.stdout.splitlines()[-1].startswith("mlp1: test accuracy ")
@@ -212,7 +255,12 @@ def test_the_console_script_exits_with_the_commands_status_and_all_its_output(wo
         )
         == 2
     )
-    failed = subprocess.run([CLI, "train", "mlp9"], cwd=workdir, capture_output=True, text=True)
+    failed = subprocess.run(
+        [CLI, "train", "mlp9", "--config", "configs/mlp9.json"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+    )
     assert failed.returncode == 1 and failed.stderr.startswith("error: configs/mlp9.json")
     unknown = subprocess.run([CLI, "trian"], cwd=workdir, capture_output=True, text=True)
     assert unknown.returncode == 2 and "No such command 'trian'" in unknown.stderr
@@ -234,14 +282,16 @@ def test_training_on_the_gpu_learns_like_on_the_cpu(splits):
     _, on_cpu = run_fit(splits, params)
     generator = torch.Generator().manual_seed(params.seed)
     model = build_mlp(SPEC, params.init_std, generator).to(resolve_device("cuda"))
-    on_gpu, _ = fit(model, *splits, params, generator)
+    on_gpu = fit(model, *splits, params, generator).history
     assert on_gpu[-1]["test_acc"] == pytest.approx(on_cpu[-1]["test_acc"], abs=0.02)
 
 
 def test_cli_train_without_tracking_writes_the_model_but_no_run(workdir, params):
     configured(workdir, params)
     write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
-    result = CliRunner().invoke(app, ["train", "mlp1", "--no-progress", "--no-tracking"])
+    result = CliRunner().invoke(
+        app, ["train", "mlp1", "--config", "configs/mlp1.json", "--no-progress", "--no-tracking"]
+    )
     assert result.exit_code == 0, result.output
     out = workdir / "models" / "mlp1"
     assert {"history.csv", "model.safetensors"} <= {path.name for path in out.iterdir()}
@@ -259,7 +309,7 @@ def start_training(
     configured(workdir, params)
     write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
     process = subprocess.Popen(
-        [*launcher, CLI, "train", "mlp1", "--no-progress"],
+        [*launcher, CLI, "train", "mlp1", "--config", "configs/mlp1.json", "--no-progress"],
         cwd=workdir,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -321,7 +371,9 @@ def test_a_run_whose_process_was_killed_is_closed_by_the_next_training(workdir, 
     params["train"] |= {"epochs": 1, "batch_size": 32}
     configured(workdir, params)
     write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
-    result = CliRunner().invoke(app, ["train", "mlp1", "--no-progress"])
+    result = CliRunner().invoke(
+        app, ["train", "mlp1", "--config", "configs/mlp1.json", "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
     closed = mlflow.get_run(orphan.info.run_id)
     assert closed.info.status == "KILLED"
@@ -333,7 +385,8 @@ def test_a_run_whose_process_was_killed_is_closed_by_the_next_training(workdir, 
 def test_cleanup_leaves_runs_of_live_processes_and_other_hosts_alone(workdir, params):
     import mlflow
 
-    from fashion_mlp.tracking.runs import HOST_TAG, PID_TAG, STARTED_TAG, owner_tags
+    from fashion_mlp.tracking.orphans import owner_tags
+    from fashion_mlp.tracking.tags import HOST_TAG, PID_TAG, STARTED_TAG
 
     mlflow.set_tracking_uri(params["mlflow"]["tracking_uri"])
     experiment = mlflow.create_experiment("fashion-mlp")
@@ -389,7 +442,8 @@ def test_a_training_in_another_pid_namespace_is_never_closed_by_this_ones_cleanu
 def test_cleanup_fails_the_logged_model_a_killed_run_left_pending(workdir, params):
     import mlflow
 
-    from fashion_mlp.tracking.runs import PID_TAG, owner_tags
+    from fashion_mlp.tracking.orphans import owner_tags
+    from fashion_mlp.tracking.tags import PID_TAG
 
     mlflow.set_tracking_uri(params["mlflow"]["tracking_uri"])
     experiment = mlflow.create_experiment("fashion-mlp")
@@ -508,7 +562,7 @@ def test_weight_averaging_keeps_the_exponential_average_of_the_weights(splits):
         for mean, weight in zip(average, live, strict=True):
             mean.mul_(0.5).add_(weight, alpha=0.5)
 
-    _, kept = fit(model, *splits, params, generator, on_batch_end=follow)
+    kept = fit(model, *splits, params, generator, on_batch_end=follow).model
     assert kept is not model
     for mean, kept_weight, live in zip(average, kept.parameters(), model.parameters(), strict=True):
         torch.testing.assert_close(kept_weight, mean)
@@ -548,7 +602,12 @@ def test_outputs_are_replaced_together_or_the_old_ones_stay(workdir, params, mon
     params["train"]["epochs"] = 1
     configured(workdir, params)
     write_params(workdir / "params.yaml", declared_params(params, "train", "mlp1"))
-    assert CliRunner().invoke(app, ["train", "mlp1", "--no-progress"]).exit_code == 0
+    assert (
+        CliRunner()
+        .invoke(app, ["train", "mlp1", "--config", "configs/mlp1.json", "--no-progress"])
+        .exit_code
+        == 0
+    )
     out = workdir / "models" / "mlp1"
     before = {path.name: path.read_bytes() for path in out.iterdir()}
 
@@ -563,7 +622,9 @@ def test_outputs_are_replaced_together_or_the_old_ones_stay(workdir, params, mon
     monkeypatch.setattr(fashion_mlp.atomic.os, "replace", failing_replace)
     params["train"]["lr"] = 0.05
     configured(workdir, params)
-    result = CliRunner().invoke(app, ["train", "mlp1", "--no-progress"])
+    result = CliRunner().invoke(
+        app, ["train", "mlp1", "--config", "configs/mlp1.json", "--no-progress"]
+    )
 
     assert result.exit_code == 1
     assert result.stderr.strip() == "error: models/mlp1/test_logits.safetensors: Permission denied"
@@ -577,7 +638,9 @@ def test_a_model_too_big_for_the_memory_is_refused_before_it_is_built(workdir, p
     params["models"]["mlp2"]["hidden"] = [65536, 65536]  # 4.4e9 weights: 17 GB of float32
     configured(workdir, params)
     write_params(workdir / "params.yaml", declared_params(params, "train", "mlp2"))
-    result = CliRunner().invoke(app, ["train", "mlp2", "--no-progress", "--no-tracking"])
+    result = CliRunner().invoke(
+        app, ["train", "mlp2", "--config", "configs/mlp2.json", "--no-progress", "--no-tracking"]
+    )
     assert result.exit_code == 1
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: hidden [65536, 65536]: training needs about 80.9 GiB of memory")

@@ -26,6 +26,8 @@ from pydantic import ValidationError
 
 from fashion_mlp.atomic import write_text_atomic
 from fashion_mlp.dataset import NUM_CLASSES
+from fashion_mlp.documents import parse_json, read_json
+from fashion_mlp.epoch_metrics import EPOCH, EpochMetrics, epoch_keys
 from fashion_mlp.errors import PipelineError
 from fashion_mlp.params import ModelSpec, RunConfig, TrainParams
 from fashion_mlp.tables import csv_text
@@ -37,11 +39,12 @@ TEST_LOGITS_FILE = "test_logits.safetensors"
 # metadata as a map of strings; one key keeps the header's bytes in a fixed order).
 CHECKPOINT_KEY = "fashion_mlp"
 CHECKPOINT_FORMAT = 1
-# The per-epoch numbers history.csv keeps, after `epoch`: the same keys go to MLflow (step =
-# epoch), to the DVC plots and into the comparison. MLflow also gets each epoch's wall-clock
-# seconds, which no file keeps (they differ on every run).
-HISTORY_KEYS = ("train_loss", "train_acc", "test_acc", "lr")
-EpochMetrics = dict[str, float]  # HISTORY_KEYS, "epoch" and "epoch_seconds"
+MAX_CONFIG_BYTES = 100_000
+# A checkpoint's header lists its tensors and our metadata: a few kilobytes.
+MAX_HEADER_BYTES = 1_000_000
+# The per-epoch numbers history.csv keeps, after `epoch`: the registry's (epoch_metrics.py),
+# the held-out split being the test split.
+HISTORY_KEYS = epoch_keys("test")
 
 
 def config_path(configs_dir: Path, name: str) -> Path:
@@ -56,22 +59,23 @@ def read_run_config(path: Path) -> RunConfig:
     path = Path(path)
     hint = "run `fashion-mlp configure` (or `dvc repro`) to write it"
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
+        content = read_json(path, MAX_CONFIG_BYTES, "model config")
+    except PipelineError as err:
+        raise PipelineError(f"{err}; {hint}") from None
+    try:
         return RunConfig(
             name=str(content["name"]),
             model=ModelSpec.model_validate(content["model"]),
             train=TrainParams.model_validate(content["train"]),
         )
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: not found; {hint}") from None
-    except (OSError, ValueError, KeyError, TypeError, ValidationError) as err:
+    except (ValueError, KeyError, TypeError, ValidationError) as err:
         reason = " ".join(str(err).split())[:200]
         raise PipelineError(f"{path}: not a model config ({reason}); {hint}") from None
 
 
 def history_csv(history: list[EpochMetrics]) -> str:
     """history.csv's content: `epoch` and HISTORY_KEYS, one row per epoch (no timings)."""
-    return csv_text(history, ["epoch", *HISTORY_KEYS])
+    return csv_text(history, [EPOCH, *HISTORY_KEYS])
 
 
 def read_history(path: Path) -> list[EpochMetrics]:
@@ -80,14 +84,13 @@ def read_history(path: Path) -> list[EpochMetrics]:
         with path.open(newline="", encoding="utf-8") as stream:
             rows = list(csv.DictReader(stream))
         history = [
-            {key: (int(v) if key == "epoch" else float(v)) for key, v in row.items()}
-            for row in rows
+            {key: (int(v) if key == EPOCH else float(v)) for key, v in row.items()} for row in rows
         ]
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found; run `fashion-mlp train` first") from None
     except (ValueError, TypeError, UnicodeDecodeError) as err:
         raise PipelineError(f"{path}: not a history file ({err}); retrain the model") from None
-    if not history or set(history[0]) != {"epoch", *HISTORY_KEYS}:
+    if not history or set(history[0]) != {EPOCH, *HISTORY_KEYS}:
         raise PipelineError(f"{path}: not a history file of epochs; retrain the model")
     return history
 
@@ -112,17 +115,33 @@ def checkpoint_spec(metadata: dict[str, str] | None) -> ModelSpec:
         raise ValueError(f"its architecture: {' '.join(str(err).split())[:100]}") from None
 
 
+def safetensors_metadata(prefix: bytes, file_size: int) -> dict[str, str] | None:
+    """The metadata of a safetensors file of `file_size` bytes, from its first bytes (an 8-byte
+    length, then that many bytes of JSON header): no tensor is read. ValueError if malformed."""
+    if len(prefix) < 8:
+        raise ValueError("too short for a safetensors file")
+    size = int.from_bytes(prefix[:8], "little")
+    if size > file_size - 8 or size > len(prefix) - 8:
+        raise ValueError("the header is longer than the file")
+    try:
+        header = parse_json(prefix[8 : 8 + size], "the safetensors header")
+    except PipelineError as err:
+        raise ValueError(str(err)) from None
+    return header.get("__metadata__") if isinstance(header, dict) else None
+
+
 def read_checkpoint_spec(path: Path) -> ModelSpec:
     """A checkpoint's architecture, read from its header without loading a tensor (or torch)."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     try:
-        with safe_open(str(path), framework="np") as opened:
-            return checkpoint_spec(opened.metadata())
+        with path.open("rb") as stream:
+            size = int.from_bytes(stream.read(8), "little")
+            prefix = size.to_bytes(8, "little") + stream.read(min(size, MAX_HEADER_BYTES))
+            file_size = stream.seek(0, 2)
+        return checkpoint_spec(safetensors_metadata(prefix, file_size))
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found; run `fashion-mlp train` first") from None
-    except (SafetensorError, OSError, ValueError) as err:
+    except (OSError, ValueError) as err:
         reason = " ".join(str(err).split())[:200] or type(err).__name__
         raise PipelineError(f"{path}: not a fashion-mlp checkpoint ({reason}); retrain") from None
 
@@ -182,6 +201,14 @@ class InputSnapshot:
         snapshot = InputSnapshot(*paths)
         snapshot._digests = {**self._digests, **snapshot._digests}
         return snapshot
+
+    def weights_digest(self, path: Path) -> str:
+        """The SHA-256 of checkpoint `path` as read into this snapshot (weights_digest's, without
+        reading the file again)."""
+        digest = self._digests[Path(path)]
+        if digest is None:
+            raise PipelineError(f"{path}: not found; run `fashion-mlp train` first")
+        return digest
 
     def verify(self) -> None:
         for path, digest in self._digests.items():

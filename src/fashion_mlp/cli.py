@@ -155,6 +155,15 @@ def _store(params_file: Path, create_experiment: bool = True, connect_now: bool 
     return store
 
 
+def _workspace_champion(params_file: Path) -> Any:
+    """The champion params name, with its weights as this workspace holds them (champion.py)."""
+    from fashion_mlp.champion import workspace_champion
+    from fashion_mlp.params import load_params
+
+    champion = load_params(params_file).champion
+    return workspace_champion(champion, MODELS_DIR, REPORTS_DIR / "champion.json")
+
+
 def _git_commit(folder: Path) -> str | None:
     """The commit the code runs from, or None outside a git checkout."""
     try:
@@ -216,7 +225,12 @@ def train(
     model: ModelArgument,
     params_file: ParamsOption = PARAMS_FILE,
     config: Annotated[
-        Path | None, typer.Option(help="default: configs/MODEL.json", show_default=False)
+        Path | None,
+        typer.Option(
+            help="the model's effective params, as `configure` wrote them (what DVC passes); "
+            "default: computed from --params",
+            show_default=False,
+        ),
     ] = None,
     data_dir: Annotated[Path, typer.Option(help="preprocessed tensors")] = PROCESSED_DIR,
     out_dir: Annotated[
@@ -241,20 +255,31 @@ def train(
 ) -> None:
     """Train one MLP and record params, per-epoch metrics, its data and the model in MLflow."""
     from fashion_mlp.artifacts import InputSnapshot, config_path, read_run_config
+    from fashion_mlp.epoch_metrics import held_out_acc
+    from fashion_mlp.params import load_params
     from fashion_mlp.threads import CoreShare
     from fashion_mlp.tracking.runs import NullRuns, Runs
-    from fashion_mlp.train import train_model
+    from fashion_mlp.train import collapsed_warning, train_model
 
-    # The run's own background thread connects once torch is loaded (train.train_model).
-    runs = Runs(_store(params_file, connect_now=False)) if tracking else NullRuns()
-    config = config or config_path(CONFIGS_DIR, model)
-    inputs = InputSnapshot(config)
-    run_config = read_run_config(config)
-    if run_config.name != model:
-        raise PipelineError(
-            f"{config}: holds the config of {run_config.name!r}, not {model!r}; pass "
-            f"--config {config_path(CONFIGS_DIR, model)}"
-        )
+    # The run's own background thread connects once torch is loaded (train.train_model), but
+    # under `mlflow run` the store is checked first: a run of another experiment is refused
+    # before an epoch is trained.
+    store = _store(params_file, connect_now=False) if tracking else None
+    if store is not None and current().launched_by:
+        store.connect()
+    runs = Runs(store) if store is not None else NullRuns()
+    if config is None:
+        # By hand: what trains is what the params file says, never a config left from before.
+        inputs = InputSnapshot(params_file)
+        run_config = load_params(params_file).run_config(model)
+    else:
+        inputs = InputSnapshot(config)
+        run_config = read_run_config(config)
+        if run_config.name != model:
+            raise PipelineError(
+                f"{config}: holds the config of {run_config.name!r}, not {model!r}; pass "
+                f"--config {config_path(CONFIGS_DIR, model)}"
+            )
     tags = {
         "git_commit": _git_commit(Path(params_file).resolve().parent),
         "dvc_stage": dvc_stage,
@@ -272,8 +297,10 @@ def train(
         inputs=inputs,
         show_progress=progress,
     )
-    last = history[-1]
-    typer.echo(f"{model}: test accuracy {last['test_acc']:.4f} after {last['epoch']} epochs")
+    accuracy = history[-1][held_out_acc("test")]
+    typer.echo(f"{model}: test accuracy {accuracy:.4f} after {len(history)} epochs")
+    if warning := collapsed_warning(model, accuracy, run_config.train):
+        typer.echo(f"warning: {warning}", err=True)
 
 
 @app.command()
@@ -348,11 +375,22 @@ def register(
     from fashion_mlp.tracking.runs import Runs
 
     inputs = InputSnapshot(params_file)
-    champion = load_params(params_file).champion
+    params = load_params(params_file)
+    champion, floor = params.champion, params.champion_min_test_acc
     store = _store(params_file, create_experiment=False)
-    version = register_champion(
-        champion, models_dir, metrics_dir, out, Runs(store), Registry(store), inputs, dvc_exp_name
+    trained, version = register_champion(
+        champion,
+        floor,
+        models_dir,
+        metrics_dir,
+        out,
+        Runs(store),
+        Registry(store),
+        inputs,
+        dvc_exp_name,
     )
+    for refused in trained.refused:
+        typer.echo(f"warning: {refused}", err=True)
     if version is None:
         typer.echo(
             f"experiment {dvc_exp_name}: registry left alone ({champion} checked, {out} "
@@ -363,7 +401,8 @@ def register(
     change = "now points at" if version.moved else "already pointed at"
     typer.echo(
         f"{champion_uri(version.registered_model)} {change} version {version.version}: "
-        f"{champion} (run {version.run_id}, logged model {version.model_id})"
+        f"{champion} (run {version.run_id} by {trained.author}, logged model "
+        f"{version.model_id})"
     )
 
 
@@ -386,11 +425,12 @@ def predict(
     """Classify images and print the most likely classes with their probabilities."""
     from fashion_mlp.dataset import CLASS_NAMES
     from fashion_mlp.predict import class_probabilities, load_model, read_images
-    from fashion_mlp.tracking.registry import Registry, champion_uri
+    from fashion_mlp.tracking.registry import Registry
 
     batches = {path: read_images(path, limit) for path in paths}
     store = _store(params_file, create_experiment=False)
-    network, answered = load_model(model or champion_uri(store.target.experiment), Registry(store))
+    workspace = functools.partial(_workspace_champion, params_file)
+    network, answered = load_model(model, Registry(store), workspace)
     typer.echo(f"model: {answered}")
     for path, images in batches.items():
         probabilities = class_probabilities(network, images)
@@ -422,15 +462,17 @@ def serve(
     ] = 10.0,
     params_file: ParamsOption = PARAMS_FILE,
 ) -> None:
-    """Serve a registered model over HTTP (MLflow's scoring protocol) once it is checked to be
-    exactly what `train` logged; requests are validated before they reach it."""
+    """Serve a registered model over HTTP (MLflow's scoring protocol): the champion once its
+    weights are checked to be the workspace's; requests are validated before they reach it."""
+    from fashion_mlp.champion import checked_model
     from fashion_mlp.serve import serve as serve_model
-    from fashion_mlp.tracking.registry import Registry, champion_uri
+    from fashion_mlp.tracking.registry import Registry
 
     store = _store(params_file, create_experiment=False)
-    uri = model or champion_uri(store.target.experiment)
+    workspace = functools.partial(_workspace_champion, params_file)
+    checked = checked_model(Registry(store), model, workspace)
     max_body_bytes = int(max_body_mb * 2**20)
-    serve_model(uri, Registry(store), host, port, typer.echo, max_body_bytes)
+    serve_model(checked, host, port, typer.echo, max_body_bytes)
 
 
 @app.command()

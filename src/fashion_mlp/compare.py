@@ -17,6 +17,7 @@ from typing import Any
 
 from fashion_mlp.artifacts import HISTORY_FILE, read_history, read_run_config
 from fashion_mlp.atomic import atomic_paths, fill_between_markers
+from fashion_mlp.epoch_metrics import EPOCH, curves
 from fashion_mlp.metrics import EVALUATION_METRICS, read_metrics
 from fashion_mlp.params import RunConfig
 from fashion_mlp.tables import csv_text, markdown_table
@@ -25,7 +26,7 @@ from fashion_mlp.tables import csv_text, markdown_table
 D2L_REFERENCE_TEST_ACC = {"784-256-10 relu": 0.855, "784-256-128-10 relu": 0.827}
 README_START = "<!-- results:start (written by `fashion-mlp compare --readme README.md`) -->"
 README_END = "<!-- results:end -->"
-CURVES = {"train_loss": "train loss", "train_acc": "train accuracy", "test_acc": "test accuracy"}
+CURVES = curves("test")
 REPORT_FILES = ("comparison.md", "curves.csv", "learning_curves.png")
 
 
@@ -62,7 +63,7 @@ def epoch_table(histories: dict[str, list[dict[str, float]]]) -> list[dict[str, 
     epochs = max(len(rows) for rows in histories.values())
     table = []
     for epoch in range(1, epochs + 1):
-        row: dict[str, Any] = {"epoch": epoch}
+        row: dict[str, Any] = {EPOCH: epoch}
         for model, rows in histories.items():
             for metric, label in CURVES.items():
                 row[f"{model} {label}"] = rows[epoch - 1][metric] if epoch <= len(rows) else None
@@ -96,7 +97,7 @@ def plot_learning_curves(histories: dict[str, list[dict[str, float]]], path: Pat
     )
     for ax, (metric, label) in zip(axes, CURVES.items(), strict=True):
         for model, rows in histories.items():
-            epochs = [row["epoch"] for row in rows]
+            epochs = [row[EPOCH] for row in rows]
             ax.plot(epochs, [row[metric] for row in rows], marker="o", markersize=3, label=model)
         ax.set_title(label)
         ax.set_xlabel("epoch")
@@ -116,7 +117,7 @@ def compare(
     `readme` is given); return the summary table."""
     summary, histories = load_results(configs, models_dir, metrics_dir)
     curves = [
-        {"epoch": row["epoch"], "model": model, **{key: row[key] for key in CURVES}}
+        {EPOCH: row[EPOCH], "model": model, **{key: row[key] for key in CURVES}}
         for model, rows in histories.items()
         for row in rows
     ]

@@ -13,11 +13,11 @@ all four are verified, so a failure leaves `data/raw/` as it was.
 import gzip
 import hashlib
 import shutil
-import tempfile
 import urllib.request
 import zlib
 from pathlib import Path
 
+from fashion_mlp.atomic import atomic_paths
 from fashion_mlp.dataset import RAW_FILES
 from fashion_mlp.errors import PipelineError
 from fashion_mlp.params import DataParams
@@ -72,16 +72,13 @@ def fetch(source: str, destination: Path) -> None:
 def download(params: DataParams, out_dir: Path) -> dict[str, str]:
     """Fetch and verify the four files into `out_dir`; return file name -> source used."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     used: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as staging:
-        for role, file_name in RAW_FILES.items():
-            staged = Path(staging) / file_name
+    targets = [out_dir / file_name for file_name in RAW_FILES.values()]
+    with atomic_paths(*targets) as staged_files:
+        for (role, file_name), staged in zip(RAW_FILES.items(), staged_files, strict=True):
             used[file_name] = _fetch_verified(
                 params, file_name, getattr(params.md5, role), staged, f"data.md5.{role}"
             )
-        for file_name in RAW_FILES.values():
-            (Path(staging) / file_name).replace(out_dir / file_name)
     return used
 
 

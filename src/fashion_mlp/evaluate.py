@@ -30,7 +30,6 @@ from fashion_mlp.artifacts import (
     InputSnapshot,
     read_checkpoint_spec,
     read_test_logits,
-    weights_digest,
 )
 from fashion_mlp.atomic import atomic_paths
 from fashion_mlp.dataset import CLASS_NAMES, NUM_CLASSES
@@ -129,7 +128,7 @@ def evaluate_model(
     # weights between reading them and their logits.
     inputs = InputSnapshot(model_file, Path(model_dir) / TEST_LOGITS_FILE)
     spec = read_checkpoint_spec(model_file)
-    digest = weights_digest(model_file)
+    digest = inputs.weights_digest(model_file)
     logits = read_test_logits(Path(model_dir) / TEST_LOGITS_FILE)
     _, labels = load_arrays(data_dir, "test")
     if len(logits) != len(labels):

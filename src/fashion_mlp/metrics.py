@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fashion_mlp.documents import read_json
 from fashion_mlp.errors import PipelineError
+
+MAX_METRICS_BYTES = 100_000
 
 
 @dataclass(frozen=True)
@@ -56,14 +59,9 @@ def metrics_text(metrics: dict[str, float]) -> str:
 
 def read_metrics(path: Path) -> dict[str, float]:
     path = Path(path)
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: not found; run `dvc repro` to evaluate the model") from None
-    except IsADirectoryError:
-        raise PipelineError(f"{path}: is a folder, expected a JSON file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PipelineError(f"{path}: not valid JSON ({err})") from None
+    if not path.exists():
+        raise PipelineError(f"{path}: not found; run `dvc repro` to evaluate the model")
+    content = read_json(path, MAX_METRICS_BYTES, "metrics file")
     try:
         metrics = {name: float(content[name]) for name in EVALUATION_METRICS}
     except (KeyError, TypeError, ValueError):

@@ -11,14 +11,13 @@ of the weights alone (torch.save's zip archive embeds the file's name and a rand
 weights give the same file, and DVC's cache and run-cache see it as unchanged.
 """
 
-import json
 from itertools import pairwise
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from fashion_mlp.artifacts import checkpoint_metadata, checkpoint_spec
+from fashion_mlp.artifacts import checkpoint_metadata, checkpoint_spec, safetensors_metadata
 from fashion_mlp.atomic import write_bytes_atomic
 from fashion_mlp.dataset import IN_FEATURES, NUM_CLASSES
 from fashion_mlp.errors import PipelineError
@@ -87,9 +86,6 @@ def save_checkpoint(model: nn.Module, spec: ModelSpec, path: Path) -> None:
 
 def load_checkpoint(path: Path) -> tuple[nn.Sequential, ModelSpec]:
     """Rebuild the saved MLP. Anything that is not one of our checkpoints is a PipelineError."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
     path = Path(path)
     try:
         content = path.read_bytes()
@@ -97,24 +93,21 @@ def load_checkpoint(path: Path) -> tuple[nn.Sequential, ModelSpec]:
         raise PipelineError(f"{path}: not found; run `fashion-mlp train` first") from None
     except IsADirectoryError:
         raise PipelineError(f"{path}: is a folder, expected a checkpoint file") from None
+    return network_from_checkpoint(content, str(path))
+
+
+def network_from_checkpoint(content: bytes, source: str) -> tuple[nn.Sequential, ModelSpec]:
+    """The MLP a checkpoint file's bytes hold (from `source`, named in errors), in eval mode.
+    Loading one reads tensors and text only: no code runs."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
     try:
-        spec = checkpoint_spec(_metadata(content))
+        spec = checkpoint_spec(safetensors_metadata(content, len(content)))
         model = build_mlp(spec, init_std=1.0, generator=torch.Generator())
         model.load_state_dict(load(content))
     except (SafetensorError, KeyError, TypeError, ValueError, RuntimeError) as err:
         reason = " ".join(str(err).split())[:200] or type(err).__name__
-        raise PipelineError(f"{path}: not a fashion-mlp checkpoint ({reason}); retrain") from None
+        raise PipelineError(f"{source}: not a fashion-mlp checkpoint ({reason}); retrain") from None
     model.eval()
     return model, spec
-
-
-def _metadata(content: bytes) -> dict[str, str] | None:
-    """The safetensors header's metadata (an 8-byte length, then a JSON header), read from the
-    bytes without loading a tensor."""
-    if len(content) < 8:
-        raise ValueError("too short for a safetensors file")
-    size = int.from_bytes(content[:8], "little")
-    if size > len(content) - 8:
-        raise ValueError("the header is longer than the file")
-    header = json.loads(content[8 : 8 + size])
-    return header.get("__metadata__") if isinstance(header, dict) else None

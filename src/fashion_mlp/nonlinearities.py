@@ -1,24 +1,26 @@
-"""The activation registry: each name params.yaml accepts and the torch.nn layer it builds.
+"""The activation registry: the torch.nn layer each activation name of choices.py builds.
 
-`params.ModelSpec` validates `activation` against this mapping and `model.build_mlp` builds from
-it; the `activations` stage plots every entry. A new activation is one line here. The layers are
-named, not imported, so that validating params (in torch-free stages) does not load torch.
+`model.build_mlp` builds from it; the `activations` stage plots every entry. A new activation is
+its name in choices.ACTIVATIONS and one line here. torch is imported only to build a layer.
 """
 
 from typing import Any
 
+from fashion_mlp.choices import ACTIVATIONS, check_registry
+
 # Name in params.yaml -> class in torch.nn.
-ACTIVATIONS = {
+TORCH_LAYERS = {
     "relu": "ReLU",
     "sigmoid": "Sigmoid",
     "tanh": "Tanh",
     "gelu": "GELU",
     "elu": "ELU",
 }
+check_registry("nonlinearities.TORCH_LAYERS", ACTIVATIONS, TORCH_LAYERS)
 
 
 def activation_layer(name: str) -> Any:
-    """A fresh torch.nn layer for the activation `name` (a key of ACTIVATIONS)."""
+    """A fresh torch.nn layer for the activation `name` (one of choices.ACTIVATIONS)."""
     from torch import nn
 
-    return getattr(nn, ACTIVATIONS[name])()
+    return getattr(nn, TORCH_LAYERS[name])()

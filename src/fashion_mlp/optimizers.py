@@ -1,9 +1,9 @@
-"""The optimizer and learning-rate schedule registries: each name params.yaml accepts, its code.
+"""The optimizer and learning-rate schedule registries: the code behind each name of choices.py.
 
-`params.TrainParams` validates `optimizer` and `lr_schedule` against OPTIMIZERS and SCHEDULES,
-so a name that is accepted always has code behind it and nothing falls through to a default.
-Adding an optimizer is one entry in OPTIMIZERS (and a schedule one entry in SCHEDULES). torch is
-imported inside the builders: validating params (in torch-free stages) reads only the names.
+Adding an optimizer is its name in choices.OPTIMIZERS and one entry in BUILDERS (a schedule: a
+name in choices.SCHEDULES and one entry in SCHEDULE_FACTORS); a registry without code for an
+accepted name refuses to import. Only the trainings run this module, so editing it reruns only
+them. torch is imported inside the builders.
 
 The learning rate of every step comes from one `torch.optim.lr_scheduler.LambdaLR`, stepped
 after each optimizer step: a linear warm-up over `warmup_epochs` (step by step), then the
@@ -13,13 +13,13 @@ decay stepped per epoch).
 
 import math
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # params.py validates names against these registries: no import cycle
-    from fashion_mlp.params import TrainParams
+from fashion_mlp.choices import OPTIMIZERS, SCHEDULES, check_registry
+from fashion_mlp.params import TrainParams
 
 
-def _sgd(parameters: Iterable[Any], params: "TrainParams") -> Any:
+def _sgd(parameters: Iterable[Any], params: TrainParams) -> Any:
     import torch
 
     return torch.optim.SGD(
@@ -27,7 +27,7 @@ def _sgd(parameters: Iterable[Any], params: "TrainParams") -> Any:
     )
 
 
-def _adam(parameters: Iterable[Any], params: "TrainParams") -> Any:
+def _adam(parameters: Iterable[Any], params: TrainParams) -> Any:
     import torch
 
     # Fused: the unfused update calls torch.sqrt, which MKL's vector math computes with code
@@ -36,7 +36,7 @@ def _adam(parameters: Iterable[Any], params: "TrainParams") -> Any:
     return torch.optim.Adam(parameters, lr=params.lr, weight_decay=params.weight_decay, fused=True)
 
 
-def _adamw(parameters: Iterable[Any], params: "TrainParams") -> Any:
+def _adamw(parameters: Iterable[Any], params: TrainParams) -> Any:
     import torch
 
     return torch.optim.AdamW(parameters, lr=params.lr, weight_decay=params.weight_decay, fused=True)
@@ -44,11 +44,12 @@ def _adamw(parameters: Iterable[Any], params: "TrainParams") -> Any:
 
 # Name in params.yaml -> builder(model parameters, train params) -> torch.optim.Optimizer.
 # `momentum` is read by SGD only (params.yaml says so).
-OPTIMIZERS: dict[str, Callable[[Iterable[Any], "TrainParams"], Any]] = {
+BUILDERS: dict[str, Callable[[Iterable[Any], TrainParams], Any]] = {
     "sgd": _sgd,
     "adam": _adam,
     "adamw": _adamw,
 }
+check_registry("optimizers.BUILDERS", OPTIMIZERS, BUILDERS)
 
 
 def _constant(epoch: int, epochs: int) -> float:
@@ -61,21 +62,22 @@ def _cosine(epoch: int, epochs: int) -> float:
 
 
 # Name in params.yaml -> factor(epoch after warm-up, counted from 0; epochs after warm-up).
-SCHEDULES: dict[str, Callable[[int, int], float]] = {
+SCHEDULE_FACTORS: dict[str, Callable[[int, int], float]] = {
     "constant": _constant,
     "cosine": _cosine,
 }
+check_registry("optimizers.SCHEDULE_FACTORS", SCHEDULES, SCHEDULE_FACTORS)
 
 
-def make_optimizer(model: Any, params: "TrainParams") -> Any:
-    return OPTIMIZERS[params.optimizer](model.parameters(), params)
+def make_optimizer(model: Any, params: TrainParams) -> Any:
+    return BUILDERS[params.optimizer](model.parameters(), params)
 
 
-def rate_factor(params: "TrainParams", steps_per_epoch: int) -> Callable[[int], float]:
+def rate_factor(params: TrainParams, steps_per_epoch: int) -> Callable[[int], float]:
     """The factor on `params.lr` for the step after `steps` steps: warm-up, then the schedule."""
     warmup_steps = params.warmup_epochs * steps_per_epoch
     decay_epochs = max(1, params.epochs - params.warmup_epochs)
-    schedule = SCHEDULES[params.lr_schedule]
+    schedule = SCHEDULE_FACTORS[params.lr_schedule]
 
     def factor(steps: int) -> float:
         if steps < warmup_steps:
@@ -85,7 +87,7 @@ def rate_factor(params: "TrainParams", steps_per_epoch: int) -> Callable[[int], 
     return factor
 
 
-def make_rate_schedule(optimizer: Any, params: "TrainParams", steps_per_epoch: int) -> Any:
+def make_rate_schedule(optimizer: Any, params: TrainParams, steps_per_epoch: int) -> Any:
     """The per-step LambdaLR; call its `step()` after every optimizer step."""
     import torch
 

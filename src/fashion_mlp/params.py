@@ -8,10 +8,10 @@ the key and the value, e.g.
 
 Every key is required: a default hidden in code would be a setting that DVC cannot see.
 
-The file is parsed the way DVC parses it (ruamel.yaml, YAML 1.2), so both read the same values:
-PyYAML's YAML 1.1 would read `epochs: 010` as 8 and `flip: yes` as true where DVC records 10 and
-"yes". `Params.reads` records every leaf key a stage took: tests/test_params_declared.py compares
-it with the params that dvc.yaml declares for the stage.
+The file is read by documents.py, the way DVC reads it (YAML 1.2). `Params.reads` records every
+leaf key a stage took: tests/test_params_declared.py compares it with the params that dvc.yaml
+declares for the stage. The names that pick code (activation, optimizer, lr_schedule) come from
+choices.py; the sweep's section is validated by sweep/space.py, which owns its grammar.
 """
 
 import difflib
@@ -21,28 +21,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    Tag,
-    ValidationError,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fashion_mlp import choices
+from fashion_mlp.dataset import IN_FEATURES, NUM_CLASSES
+from fashion_mlp.documents import parse_yaml, read_text, shown
 from fashion_mlp.errors import PipelineError
-from fashion_mlp.nonlinearities import ACTIVATIONS
-from fashion_mlp.optimizers import OPTIMIZERS, SCHEDULES
 
 # Model names become folder, file, stage and MLflow names and command-line arguments: no
 # leading '-' (an option) or '.', no trailing newline (`\Z`, not `$`), short enough for a path.
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 MD5 = re.compile(r"^[0-9a-f]{32}\Z")
-# The names each registry builds: a name params.yaml accepts always has code behind it.
-Activation = Literal[tuple(ACTIVATIONS)]  # type: ignore[valid-type]
-Optimizer = Literal[tuple(OPTIMIZERS)]  # type: ignore[valid-type]
-Schedule = Literal[tuple(SCHEDULES)]  # type: ignore[valid-type]
+# The names each registry builds (choices.py): a name params.yaml accepts always has code.
+Activation = Literal[choices.ACTIVATIONS]  # type: ignore[valid-type]
+Optimizer = Literal[choices.OPTIMIZERS]  # type: ignore[valid-type]
+Schedule = Literal[choices.SCHEDULES]  # type: ignore[valid-type]
 # Bounds that keep every accepted value usable by torch and by the machine: an integer past
 # these fails deep inside torch (or allocates forever) instead of here, with a name.
 MAX_EPOCHS = 100_000
@@ -50,21 +43,20 @@ MAX_BATCH_SIZE = 1_000_000
 MAX_WIDTH = 65_536
 MAX_SEED = 2**63 - 1
 MAX_IMAGES_IN_SPLIT = 100_000
-# A params file is a page of settings. Bounds on its size and on the values its anchors and
-# aliases expand to keep a malformed or hostile file from costing minutes and gigabytes.
+# A params file is a page of settings: a bound on its size keeps a malformed or hostile file
+# from costing minutes and gigabytes (documents.py bounds what its aliases expand to).
 MAX_FILE_BYTES = 1_000_000
-MAX_VALUES = 100_000
-# How much of an offending value an error line shows.
-SHOWN_CHARACTERS = 80
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """A params section's schema: every key required, no unknown key, no coerced type."""
+
     # strict: YAML already yields typed values, so "0.1" (a string) or `true` for an int is a typo.
     # python-re: the patterns below end in `\Z` (a `$` would accept a trailing newline).
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, regex_engine="python-re")
 
 
-class RawChecksums(_Section):
+class RawChecksums(Section):
     """MD5 of each file's *decompressed* content (gzip bytes differ between mirrors)."""
 
     train_images: str = Field(pattern=MD5.pattern)
@@ -73,33 +65,33 @@ class RawChecksums(_Section):
     test_labels: str = Field(pattern=MD5.pattern)
 
 
-class DataParams(_Section):
+class DataParams(Section):
     local_dir: str
     urls: list[str]
     md5: RawChecksums
 
 
-def _finite(**bounds: float) -> Any:
+def finite(**bounds: float) -> Any:
     return Field(allow_inf_nan=False, **bounds)
 
 
-class TrainParams(_Section):
+class TrainParams(Section):
     """How a model is trained. The options after `device` are off at their neutral values (0,
     false), where training is bit-for-bit what it was before they existed."""
 
     epochs: int = Field(gt=0, le=MAX_EPOCHS)
     batch_size: int = Field(gt=0, le=MAX_BATCH_SIZE)
-    lr: float = _finite(gt=0)
+    lr: float = finite(gt=0)
     optimizer: Optimizer
-    momentum: float = _finite(ge=0, lt=1)
-    weight_decay: float = _finite(ge=0)
+    momentum: float = finite(ge=0, lt=1)
+    weight_decay: float = finite(ge=0)
     lr_schedule: Schedule
-    init_std: float = _finite(gt=0)
+    init_std: float = finite(gt=0)
     seed: int = Field(ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"]
     warmup_epochs: int = Field(ge=0, le=MAX_EPOCHS)
-    label_smoothing: float = _finite(ge=0, lt=1)
-    ema_decay: float = _finite(ge=0, lt=1)
+    label_smoothing: float = finite(ge=0, lt=1)
+    ema_decay: float = finite(ge=0, lt=1)
     augment_shift: int = Field(ge=0, le=8)
     augment_flip: bool
 
@@ -112,17 +104,18 @@ class TrainParams(_Section):
         return self
 
 
-class ModelSpec(_Section):
+class ModelSpec(Section):
     """The architecture: everything needed to rebuild the network (saved in its checkpoint)."""
 
     hidden: list[Annotated[int, Field(gt=0, le=MAX_WIDTH)]] = Field(min_length=1, max_length=64)
     activation: Activation
-    dropout: float = _finite(ge=0, lt=1)
+    dropout: float = finite(ge=0, lt=1)
     batch_norm: bool
 
     def describe(self) -> str:
         """Layer widths and activation, e.g. '784-256-128-10 relu' (+ dropout, batch norm)."""
-        widths = "-".join(map(str, [28 * 28, *self.hidden, 10])) + f" {self.activation}"
+        widths = "-".join(map(str, [IN_FEATURES, *self.hidden, NUM_CLASSES]))
+        widths += f" {self.activation}"
         extras = [f"dropout {self.dropout:g}"] * bool(self.dropout)
         return " ".join([widths, *extras, *["batchnorm"] * self.batch_norm])
 
@@ -138,110 +131,9 @@ TRAIN_SECTION_KEYS = (*TrainParams.model_fields, *(set(ModelSpec.model_fields) -
 RECORDING_KEYS = ("mlflow.experiment", "mlflow.tracking_uri")
 
 
-class TrackingSettings(_Section):
+class TrackingSettings(Section):
     experiment: str = Field(min_length=1, max_length=256)
     tracking_uri: str = Field(min_length=1, max_length=4096)
-
-
-class AshaParams(_Section):
-    """Ray Tune's ASHA scheduler: every trial runs `grace_period` epochs; then at each rung only
-    the best 1/`reduction_factor` of the trials that reached it go on."""
-
-    grace_period: int = Field(ge=1, le=MAX_EPOCHS)
-    reduction_factor: float = _finite(gt=1)
-
-
-class Choice(_Section):
-    """Draw one of the values."""
-
-    choice: list[Any] = Field(min_length=1)
-
-
-class Grid(_Section):
-    """Every value, crossed with the other grid keys; each point gets `sweep.trials` draws."""
-
-    grid: list[Any] = Field(min_length=1)
-
-
-class _Range(_Section):
-    @property
-    def bounds(self) -> tuple[Any, Any]:
-        low, high = next(iter(self.model_dump().values()))
-        return low, high
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "_Range":
-        low, high = self.bounds
-        if not low < high:
-            raise ValueError(f"expected [low, high] with low < high, got [{low}, {high}]")
-        return self
-
-
-def _pair() -> Any:
-    return Field(min_length=2, max_length=2)
-
-
-class Uniform(_Range):
-    uniform: list[Annotated[float, Field(allow_inf_nan=False)]] = _pair()
-
-
-class LogUniform(_Range):
-    loguniform: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = _pair()
-
-
-class RandInt(_Range):
-    randint: list[int] = _pair()
-
-
-def _space_kind(value: Any) -> str | None:
-    """The one key of a search-space entry, e.g. 'choice' for {choice: [...]}."""
-    if isinstance(value, dict) and len(value) == 1:
-        return next(iter(value))
-    return None
-
-
-SpaceEntry = Annotated[
-    Annotated[Choice, Tag("choice")]
-    | Annotated[Grid, Tag("grid")]
-    | Annotated[Uniform, Tag("uniform")]
-    | Annotated[LogUniform, Tag("loguniform")]
-    | Annotated[RandInt, Tag("randint")],
-    Discriminator(
-        _space_kind,
-        custom_error_type="space_kind",
-        custom_error_message="expected one of choice, grid, uniform, loguniform, randint with "
-        "its values, e.g. {loguniform: [0.001, 0.1]}",
-    ),
-]
-# A `space` key whose values are whole mappings of keys to set together (an ablation's rows).
-VARIANT = "variant"
-
-
-class SweepParams(_Section):
-    """A hyperparameter search on Ray Tune (see sweep/). `base` is a model entry (like those
-    under `models`) that every trial starts from; `space` draws the keys it varies."""
-
-    name: str = Field(pattern=MODEL_NAME.pattern)
-    trials: int = Field(ge=1, le=1000)
-    seed: int = Field(ge=0, le=MAX_SEED)
-    validation_size: int = Field(ge=1, le=MAX_IMAGES_IN_SPLIT)
-    max_concurrent_trials: int = Field(ge=1, le=1024)
-    cpus_per_trial: int = Field(ge=1, le=1024)
-    scheduler: AshaParams
-    base: dict[str, Any]
-    space: dict[str, SpaceEntry] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _variants_are_mappings(self) -> "SweepParams":
-        variant = self.space.get(VARIANT)
-        values = getattr(variant, "choice", None) or getattr(variant, "grid", None) or []
-        if variant is not None and not (
-            isinstance(variant, Choice | Grid) and all(isinstance(v, dict) for v in values)
-        ):
-            raise ValueError(
-                f"space.{VARIANT}: expected choice or grid of mappings of keys to set together"
-            )
-        return self
 
 
 @dataclass(frozen=True)
@@ -271,8 +163,7 @@ SECTIONS = ("data", "train", "models", "mlflow", "sweep")
 KNOWN_KEYS = {
     "data": set(DataParams.model_fields),
     "train": set(TRAIN_SECTION_KEYS),
-    "mlflow": {*TrackingSettings.model_fields, "champion"},
-    "sweep": set(SweepParams.model_fields),
+    "mlflow": {*TrackingSettings.model_fields, "champion", "champion_min_test_acc"},
 }
 
 
@@ -287,7 +178,7 @@ class Params:
         unknown = sorted(set(raw) - set(SECTIONS), key=str)
         if unknown:
             raise PipelineError(
-                f"{source}: unknown section {_shown(unknown[0])}; expected one of "
+                f"{source}: unknown section {shown(unknown[0])}; expected one of "
                 f"{', '.join(SECTIONS)}"
             )
         for section, known in KNOWN_KEYS.items():
@@ -301,7 +192,7 @@ class Params:
         known = sorted(KNOWN_KEYS.get(where, set(TRAIN_SECTION_KEYS) | ENTRY_KEYS))
         guess = difflib.get_close_matches(str(key), known, n=1)
         hint = f" (did you mean {guess[0]!r}?)" if guess else ""
-        return f"{self.source}: {where}.{key} = {_shown(value)}: unknown key{hint}"
+        return f"{self.source}: {where}.{key} = {shown(value)}: unknown key{hint}"
 
     def _take(self, *path: str) -> Any:
         """The raw value at `path`, recording each leaf under it as read."""
@@ -309,7 +200,7 @@ class Params:
         for depth, part in enumerate(path):
             if not isinstance(value, dict):
                 where = ".".join(path[:depth])
-                raise PipelineError(f"{self.source}: {where} = {_shown(value)}: expected a mapping")
+                raise PipelineError(f"{self.source}: {where} = {shown(value)}: expected a mapping")
             if part not in value:
                 where = ".".join(path[: depth + 1])
                 what = "section" if depth == 0 else "key"
@@ -335,18 +226,30 @@ class Params:
         return self._validate(TrackingSettings, settings, "mlflow")
 
     @property
+    def champion_min_test_acc(self) -> float:
+        """mlflow.champion_min_test_acc: `register` refuses a champion tested below it."""
+        floor = self._take("mlflow", "champion_min_test_acc")
+        if isinstance(floor, bool) or not isinstance(floor, int | float) or not 0 <= floor <= 1:
+            raise PipelineError(
+                f"{self.source}: mlflow.champion_min_test_acc = {shown(floor)}: expected a test "
+                "accuracy between 0 and 1 (e.g. 0.5)"
+            )
+        return float(floor)
+
+    @property
     def champion(self) -> str:
         """mlflow.champion: the model the registry's `champion` alias points at."""
         name = self._take("mlflow", "champion")
         if not isinstance(name, str) or not MODEL_NAME.match(name):
             raise PipelineError(
-                f"{self.source}: mlflow.champion = {_shown(name)}: expected a model name"
+                f"{self.source}: mlflow.champion = {shown(name)}: expected a model name"
             )
         return name
 
-    @property
-    def sweep(self) -> SweepParams:
-        return self._validate(SweepParams, self._take("sweep"), "sweep")
+    def section(self, name: str, schema: type[BaseModel]) -> Any:
+        """Section `name` validated by `schema`: for a section whose schema lives with the code
+        that reads it (the sweep's: sweep/space.py)."""
+        return self._validate(schema, self._take(name), name)
 
     @property
     def model_names(self) -> list[str]:
@@ -356,7 +259,7 @@ class Params:
         for name in models:
             if not isinstance(name, str) or not MODEL_NAME.match(name):
                 raise PipelineError(
-                    f"{self.source}: models.{_shown(name)}: a model name is 1 to 64 letters, "
+                    f"{self.source}: models.{shown(name)}: a model name is 1 to 64 letters, "
                     "digits, '_' and '-', starting with a letter or digit (it becomes a folder, "
                     "a file, a stage and a command-line argument)"
                 )
@@ -366,7 +269,7 @@ class Params:
         """The validated config of model `name`; unknown names are refused, listing the known."""
         if name not in self.model_names:
             raise PipelineError(
-                f"{self.source}: no model {_shown(name)} under models; "
+                f"{self.source}: no model {shown(name)} under models; "
                 f"known: {', '.join(self.model_names)}"
             )
         return self.entry_config(name, self._take("models", name), f"models.{name}")
@@ -379,10 +282,10 @@ class Params:
         and validated; errors name `where` the offending key is written. Only the `train` keys
         that the entry does not override count as read."""
         if not isinstance(entry, dict):
-            raise PipelineError(f"{self.source}: {where} = {_shown(entry)}: expected a mapping")
+            raise PipelineError(f"{self.source}: {where} = {shown(entry)}: expected a mapping")
         shared = self._raw.get("train")
         if not isinstance(shared, dict):
-            raise PipelineError(f"{self.source}: train = {_shown(shared)}: expected a mapping")
+            raise PipelineError(f"{self.source}: train = {shown(shared)}: expected a mapping")
         inherited = {key: self._take("train", key) for key in shared if key not in entry}
         merged = inherited | entry
         unknown = sorted(set(entry) - set(TRAIN_SECTION_KEYS) - ENTRY_KEYS, key=str)
@@ -421,89 +324,13 @@ def _leaves(prefix: str, value: Any) -> Iterator[str]:
 
 
 def load_params(path: Path) -> Params:
-    """Read `path` as DVC does (YAML 1.2). A missing, unparsable, oversized or explosive file is
-    a PipelineError naming it."""
-    from ruamel.yaml import YAML
-    from ruamel.yaml.constructor import DuplicateKeyError
-    from ruamel.yaml.error import MarkedYAMLError, YAMLError
-
+    """Read `path` as DVC does (YAML 1.2). A missing, unparsable, oversized or explosive file, or
+    one with a key written twice, is a PipelineError naming it."""
     path = Path(path)
-    try:
-        with path.open("rb") as stream:
-            content = stream.read(MAX_FILE_BYTES + 1)
-        if len(content) > MAX_FILE_BYTES:
-            raise PipelineError(
-                f"{path}: larger than {MAX_FILE_BYTES:,} bytes; a params file is a page of settings"
-            )
-        raw = YAML(typ="safe", pure=True).load(content.decode("utf-8"))
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: params file not found") from None
-    except IsADirectoryError:
-        raise PipelineError(f"{path}: is a folder; pass the params file itself") from None
-    except UnicodeDecodeError as err:
-        raise PipelineError(
-            f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8"
-        ) from None
-    except DuplicateKeyError as err:
-        # Plain YAML would keep the last value silently: `lr: 0.1` ... `lr: 50.0` trains at 50.
-        key = re.search(r'duplicate key "(.*?)"', str(err.problem))
-        name = repr(key.group(1)) if key else "a key"
-        second = err.problem_mark.line + 1
-        lines = content.decode("utf-8").splitlines()
-        written = " " * err.problem_mark.column + (key.group(1) if key else "") + ":"
-        first = next(
-            (
-                n + 1
-                for n in range(err.context_mark.line, second - 1)
-                if lines[n].startswith(written)
-            ),
-            err.context_mark.line + 1,
-        )
-        raise PipelineError(
-            f"{path}: not valid YAML (key {name[:SHOWN_CHARACTERS]} appears twice (lines "
-            f"{first} and {second}); keep one)"
-        ) from None
-    except MarkedYAMLError as err:
-        problem = " ".join(str(err.problem or err.context or "").split())[:200]
-        mark = err.problem_mark or err.context_mark
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise PipelineError(f"{path}: not valid YAML ({problem}{where})") from None
-    except (YAMLError, TypeError, ValueError, RecursionError) as err:
-        reason = " ".join(str(err).split())[:200] or type(err).__name__
-        raise PipelineError(f"{path}: not valid YAML ({reason})") from None
+    raw = parse_yaml(read_text(path, MAX_FILE_BYTES, "params file"), path)
     if not isinstance(raw, dict):
         raise PipelineError(f"{path}: expected a mapping of sections ({', '.join(SECTIONS)})")
-    _refuse_explosion(path, raw)
     return Params(raw, path)
-
-
-def _refuse_explosion(path: Path, raw: Any) -> None:
-    """Count the values the parsed file expands to, stopping at MAX_VALUES: YAML aliases share
-    one object, so a few lines of anchors can stand for billions of values."""
-    count, todo = 0, [raw]
-    while todo:
-        value = todo.pop()
-        count += 1
-        if count > MAX_VALUES:
-            raise PipelineError(
-                f"{path}: expands to more than {MAX_VALUES:,} values (YAML anchors and aliases?); "
-                "write the settings out"
-            )
-        if isinstance(value, dict):
-            for key in value:
-                if not isinstance(key, str | int | float | bool) or key is None:
-                    raise PipelineError(
-                        f"{path}: a mapping key is {_shown(key)}; keys must be plain names"
-                    )
-            todo.extend(value.values())
-        elif isinstance(value, list):
-            todo.extend(value)
-
-
-def _shown(value: Any) -> str:
-    """repr(value), cut to SHOWN_CHARACTERS: an error line stays one short line."""
-    text = repr(value)
-    return text if len(text) <= SHOWN_CHARACTERS else text[: SHOWN_CHARACTERS - 3] + "..."
 
 
 def _one_line(err: ValidationError, source: Path, where: str) -> str:
@@ -523,8 +350,8 @@ def _one_line(err: ValidationError, source: Path, where: str) -> str:
         known = [*TRAIN_SECTION_KEYS, *ENTRY_KEYS]
         guess = difflib.get_close_matches(str(first["loc"][-1]), known, n=1)
         hint = f" (did you mean {guess[0]!r}?)" if guess else ""
-        message = f"{source}: {key} = {_shown(first['input'])}: unknown key{hint}"
+        message = f"{source}: {key} = {shown(first['input'])}: unknown key{hint}"
     else:
-        message = f"{source}: {key} = {_shown(first['input'])}: {message_text}"
+        message = f"{source}: {key} = {shown(first['input'])}: {message_text}"
     more = len(errors) - 1
     return message + (f" (and {more} more)" if more else "")

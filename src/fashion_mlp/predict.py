@@ -7,23 +7,25 @@ their first bytes, so a PNG need not be named `.png`. It reads files only, never
 (`-`). The model is any MLflow model URI (default: the registered `champion`) or a local
 checkpoint such as `models/mlp1/model.safetensors`.
 
-A logged model is loaded only if it is exactly what our `train` logs (tracking/registry.py: the
-pt2 format, no code, the files recorded when it was logged): it is downloaded, checked, then
-loaded from that same local copy, with MLflow's pickle loading switched off as a second guard.
-The first line printed names the model that answered.
+A registered model is used only if its files are exactly what our `train` logs, and the
+registry's champion only if its checkpoint is the one this workspace names (champion.py); the
+network is rebuilt from that checkpoint, so nothing a tracking server holds runs. The first line
+printed names the model that answered, and who trained it.
 
     fashion-mlp samples && fashion-mlp predict samples/*.png
     fashion-mlp predict data/raw/t10k-images-idx3-ubyte.gz --limit 5
 """
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from fashion_mlp.champion import WorkspaceChampion, checked_model
 from fashion_mlp.errors import PipelineError
 from fashion_mlp.model import as_inputs
 from fashion_mlp.preprocess import GZIP_MAGIC, IDX_UINT8_MAGIC, read_idx_images
-from fashion_mlp.tracking.registry import Registry, load_checked_model
+from fashion_mlp.tracking.registry import Registry
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # What shells and most tools call standard input.
@@ -107,22 +109,18 @@ def _first_bytes(path: Path, count: int) -> bytes:
         return b""
 
 
-def load_model(model: str, registry: Registry) -> tuple[torch.nn.Module, str]:
-    """A local checkpoint path, or a registry URI of a model our `train` logged; the model and
-    a line saying which one it is."""
-    if not model.startswith("models:/"):
+def load_model(
+    model: str | None, registry: Registry, workspace: Callable[[], WorkspaceChampion]
+) -> tuple[torch.nn.Module, str]:
+    """A local checkpoint path, or a registry URI (default: the champion, which must be the
+    `workspace`'s); the network and a line saying which model it is."""
+    if model and not model.startswith("models:/"):
         from fashion_mlp.model import load_checkpoint
 
         network, spec = load_checkpoint(Path(model))
         return network, f"checkpoint {model} ({spec.describe()})"
-    with registry.fetch(model) as (folder, about):
-        network = load_checked_model(folder)
-    version = f" version {about['version']}" if about["version"] else ""
-    answered = (
-        f"{about['registered_model'] or 'model'}{version}: {about['model']} "
-        f"(run {about['run_id']}, logged model {about['model_id']})"
-    )
-    return network, answered
+    checked = checked_model(registry, model, workspace)
+    return checked.network, checked.describe()
 
 
 @torch.inference_mode()

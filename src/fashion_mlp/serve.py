@@ -1,12 +1,10 @@
 """Command `serve`: the champion over HTTP, checked before it loads, behind a validating front.
 
-Resolves a registry URI (default `models:/EXPERIMENT@champion`, as `predict`), downloads the
-model and checks that it is exactly what our `train` logged (tracking/registry.py: the flavors,
-the files, no code, the files' hash recorded at training), loads that same local copy with
-pickle loading off, and serves it from memory: nothing is downloaded after the check. The
-server is MLflow's own scoring server (`mlflow models serve`'s protocol: POST /invocations,
-GET /ping, /health and /version), behind a front that passes on only requests the model can
-answer, and answers everything else with a short JSON error of MLflow's shape
+Serves the model the CLI checked (champion.py: by default the registry's champion, whose logged
+checkpoint must be the workspace's; the network rebuilt from that checkpoint, so nothing the
+tracking server holds runs), from memory. It speaks `mlflow models serve`'s protocol (POST
+/invocations, GET /ping, /health and /version) itself, parsing each request once, and answers
+only requests the model can answer; everything else gets a short JSON error of MLflow's shape
 (`{"error_code": ..., "message": ...}`) that never repeats the request:
 
 - a body of at most `max_body_bytes` (default 10 MiB, about 600 images written at full float
@@ -21,8 +19,8 @@ answer, and answers everything else with a short JSON error of MLflow's shape
   are refused with a pointer to `inputs`: MLflow cannot score them against a tensor signature.
 
 An answer is MLflow's, `{"predictions": [[10 logits], ...]}` with the logits in the order of
-dataset.CLASS_NAMES; one that is not valid JSON (NaN or Infinity logits, from a model whose
-weights diverged) becomes a 500. Only the four endpoints exist (FastAPI's /docs is 404).
+dataset.CLASS_NAMES; NaN or Infinity logits (from a model whose weights diverged: not JSON)
+become a 500. Only the four endpoints exist.
 
 It listens on 127.0.0.1 unless `host` says otherwise, without TLS or authentication: put a
 reverse proxy in front to serve anyone else. Port 0 takes a free port. Ctrl-C or SIGTERM stops
@@ -37,8 +35,10 @@ import socket
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from fashion_mlp.champion import CheckedModel
+from fashion_mlp.dataset import IMAGE_SHAPE
+from fashion_mlp.documents import unique_pairs
 from fashion_mlp.errors import PipelineError
-from fashion_mlp.tracking.registry import Registry, load_checked_pyfunc
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -55,39 +55,30 @@ PIXEL_RANGE = (0.0, 1.0)
 
 
 def serve(
-    uri: str,
-    registry: Registry,
+    checked: CheckedModel,
     host: str,
     port: int,
     announce: Callable[[str], None],
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> None:
-    """Check and load the model at `uri`, then serve it on host:port until Ctrl-C or SIGTERM;
-    `announce` gets what is served, and where."""
+    """Serve the checked model on host:port until Ctrl-C or SIGTERM; `announce` gets what is
+    served, and where."""
+    import torch
     import uvicorn
-    from mlflow.pyfunc import scoring_server
 
-    if not uri.startswith("models:/"):
-        raise PipelineError(
-            f"cannot serve {uri}: pass a registry URI (models:/NAME@ALIAS, models:/NAME/VERSION "
-            "or models:/MODEL_ID); a checkpoint file is for `fashion-mlp predict --model`"
-        )
-    with registry.fetch(uri) as (folder, about):
-        model = load_checked_pyfunc(folder)
-    image_shape = tuple(model.metadata.get_input_schema().inputs[0].shape)
-    front = ValidatingFront(scoring_server.init(model), image_shape, max_body_bytes)
+    def predict(pixels: Any) -> Any:
+        """Logits for N x 28 x 28 pixels already in PIXEL_RANGE (what as_inputs makes)."""
+        with torch.inference_mode():
+            return checked.network(torch.from_numpy(pixels).to(torch.float32)).numpy()
+
+    front = ValidatingFront(predict, (-1, *IMAGE_SHAPE), max_body_bytes)
     listener = _listen(host, port)
     bound_host, bound_port = listener.getsockname()[:2]
     shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
-    version = f" version {about['version']}" if about["version"] else ""
-    announce(
-        f"checked {about['registered_model'] or 'model'}{version}: {about['model']} (run "
-        f"{about['run_id']}, logged model {about['model_id']}, weights sha256 "
-        f"{about['weights_sha256'] or 'unrecorded'})"
-    )
+    announce(f"checked {checked.describe()}")
     announce(f"serving http://{shown_host}:{bound_port}/invocations (Ctrl-C to stop)")
     # uvicorn's own startup lines would repeat ours; its warnings and errors still show.
-    config = uvicorn.Config(front, log_level="warning", ws="none")
+    config = uvicorn.Config(front, log_level="warning", ws="none", lifespan="off")
     try:
         uvicorn.Server(config).run(sockets=[listener])
     except KeyboardInterrupt:
@@ -123,28 +114,36 @@ class Refused(Exception):
 
 
 class ValidatingFront:
-    """An ASGI app: refuses what the model cannot answer (module docstring) and passes the rest
-    to MLflow's scoring app; answers that are not valid JSON become a 500."""
+    """An ASGI app speaking MLflow's scoring protocol: refuses what the model cannot answer
+    (module docstring), parses the rest once and answers with the model's logits."""
 
-    def __init__(self, scoring: ASGIApp, image_shape: tuple[int, ...], max_body_bytes: int):
-        self.scoring = scoring
+    def __init__(
+        self, predict: Callable[[Any], Any], image_shape: tuple[int, ...], max_body_bytes: int
+    ):
+        self.predict = predict
         self.image_shape = image_shape
         self.expected = " x ".join(str(size) for size in ("N", *image_shape[1:]))
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            return await self.scoring(scope, receive, send)  # lifespan events
+            return
         if scope["path"] not in ENDPOINTS:
             shown = ", ".join(sorted(ENDPOINTS))
             return await _answer(send, Refused(404, "ENDPOINT_NOT_FOUND", f"endpoints: {shown}"))
-        if scope["path"] != "/invocations" or scope["method"] != "POST":
-            return await self.scoring(scope, receive, send)
+        if scope["path"] != "/invocations":
+            if scope["method"] not in ("GET", "HEAD"):
+                return await _answer(send, Refused(405, "METHOD_NOT_ALLOWED", "use GET"))
+            body = _version() if scope["path"] == "/version" else "\n"
+            return await _respond(send, 200, body.encode(), b"text/plain; charset=utf-8")
+        if scope["method"] != "POST":
+            return await _answer(send, Refused(405, "METHOD_NOT_ALLOWED", "POST JSON here"))
         try:
             _refuse_unless_json(_header(scope, b"content-type"))
             body = await asyncio.wait_for(self._read_body(scope, receive), READ_SECONDS)
-            # Parsing up to 10 MiB takes a while: off the event loop, so /ping still answers.
-            await asyncio.to_thread(self.check, body)
+            # Parsing up to 10 MiB, and the model, take a while: off the event loop, so /ping
+            # still answers.
+            answer = await asyncio.to_thread(self.answer, body)
         except Refused as refused:
             return await _answer(send, refused)
         except TimeoutError:
@@ -152,7 +151,18 @@ class ValidatingFront:
             return await _answer(send, Refused(408, "REQUEST_TIMEOUT", message))
         except ConnectionAbortedError:
             return  # the client left before sending the whole body
-        await self.scoring(scope, _replay(body, receive), _FiniteJsonOnly(send))
+        await _respond(send, 200, answer, b"application/json")
+
+    def answer(self, body: bytes) -> bytes:
+        """The JSON answer to a request body: its pixels checked (`pixels`), the model's logits;
+        a model that answers NaN or Infinity is a 500 (its weights diverged)."""
+        import numpy as np
+
+        logits = self.predict(self.pixels(body))
+        if not np.isfinite(logits).all():
+            message = "the model answered NaN or Infinity; its weights are not usable, retrain it"
+            raise Refused(500, "INTERNAL_ERROR", message)
+        return json.dumps({"predictions": logits.tolist()}).encode()
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         too_large = Refused(
@@ -176,13 +186,15 @@ class ValidatingFront:
             if not message.get("more_body", False):
                 return b"".join(parts)
 
-    def check(self, body: bytes) -> None:
-        """Refused unless `body` is JSON that MLflow's server turns into pixels this model was
-        trained on: `inputs` or `instances`, N x 28 x 28, finite, in [0, 1]."""
+    def pixels(self, body: bytes) -> Any:
+        """The float32 pixels of `body`, refused unless it is JSON holding pixels this model
+        was trained on: `inputs` or `instances`, N x 28 x 28, finite, in [0, 1]."""
         import numpy as np
 
         try:
-            request = json.loads(body, parse_constant=_refuse_non_finite)
+            request = json.loads(
+                body, parse_constant=_refuse_non_finite, object_pairs_hook=unique_pairs
+            )
         except RecursionError:
             raise Refused(400, "BAD_REQUEST", "the JSON is nested too deeply") from None
         except ValueError as err:  # not JSON, not UTF-8, an integer of thousands of digits
@@ -222,6 +234,7 @@ class ValidatingFront:
                 f"pixels must be in [{low:g}, {high:g}] (uint8 values / 255, as in training), "
                 f"got {pixels.min():g} to {pixels.max():g}",
             )
+        return pixels.astype(np.float32)
 
 
 def _refuse_unless_json(content_type: str) -> None:
@@ -244,50 +257,16 @@ def _header(scope: Scope, name: bytes) -> str:
     return ""
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """The request's receive channel, its body already read: MLflow's app reads it again."""
-    sent = False
+def _version() -> str:
+    from importlib.metadata import version
 
-    async def replay() -> Message:
-        nonlocal sent
-        if sent:
-            return await receive()  # a disconnect, when the app listens for one
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replay
+    return f"fashion-mlp {version('fashion-mlp')}\n"
 
 
-class _FiniteJsonOnly:
-    """A send channel that holds MLflow's answer until it is complete, and turns a 200 that is
-    not valid JSON (its encoder writes NaN and Infinity) into a 500."""
-
-    def __init__(self, send: Send):
-        self.send = send
-        self.start: Message = {}
-        self.parts: list[bytes] = []
-
-    async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self.start = message
-            return
-        self.parts.append(message.get("body", b""))
-        if message.get("more_body", False):
-            return
-        body = b"".join(self.parts)
-        if self.start["status"] == 200 and not _is_strict_json(body):
-            message = "the model answered NaN or Infinity; its weights are not usable, retrain it"
-            return await _answer(self.send, Refused(500, "INTERNAL_ERROR", message))
-        await self.send(self.start)
-        await self.send({"type": "http.response.body", "body": body})
-
-
-def _is_strict_json(body: bytes) -> bool:
-    try:
-        json.loads(body, parse_constant=_refuse_non_finite)
-    except (Refused, ValueError):
-        return False
-    return True
+async def _respond(send: Send, status: int, body: bytes, content_type: bytes) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _answer(send: Send, refused: Refused) -> None:

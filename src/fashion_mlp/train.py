@@ -1,14 +1,16 @@
 """Stage `train MODEL`: fit one MLP, track it in MLflow, save it for `evaluate`.
 
-Reads `configs/MODEL.json` (the model's effective params, written by `configure`) and
-`data/processed/{train,test}.safetensors`. Writes to `models/MODEL/`: `model.safetensors` (the
-weights with the architecture), `history.csv` (one row per epoch: the DVC plot) and
-`test_logits.safetensors` (the model's logits for every test image, which `evaluate` turns into
-its metrics). All are functions of the inputs only, and all are replaced together, after the
-MLflow run ended FINISHED, or not at all. The MLflow run is named after the model; it holds
-every effective param, the per-epoch metrics (step = epoch, wall-clock seconds included), the
-data it used (as dataset inputs, with DVC's digests), the machine's numerics, system metrics
-and the model, a LoggedModel named after it.
+Reads the model's effective params: `configs/MODEL.json` (written by `configure`; what
+`dvc.yaml` passes as --config) or, run by hand without --config, the params file itself, so
+what trains is what it says. And `data/processed/{train,test}.safetensors`. Writes to
+`models/MODEL/`: `model.safetensors` (the weights with the architecture), `history.csv` (one row
+per epoch: the DVC plot) and `test_logits.safetensors` (the kept model's logits for every test
+image, from its last epoch's held-out pass: `evaluate` turns them into its metrics). All are
+functions of the inputs only, and all are replaced together, after the MLflow run ended
+FINISHED, or not at all. The MLflow run is named after the model; it holds every effective
+param, the per-epoch metrics (step = epoch, wall-clock seconds included), the data it used (as
+dataset inputs, with DVC's digests), the machine's numerics, system metrics and the model, a
+LoggedModel named after it. A model that ends at about chance accuracy gets a warning line.
 
     fashion-mlp train mlp1 --config configs/mlp1.json --data-dir data/processed \
         --out-dir models/mlp1
@@ -19,7 +21,7 @@ and the model, a LoggedModel named after it.
 import math
 import time
 from collections.abc import Callable, Mapping
-from hashlib import sha256
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,7 +33,6 @@ from fashion_mlp.artifacts import (
     HISTORY_KEYS,
     MODEL_FILE,
     TEST_LOGITS_FILE,
-    EpochMetrics,
     InputSnapshot,
     history_csv,
     logits_bytes,
@@ -39,6 +40,15 @@ from fashion_mlp.artifacts import (
 from fashion_mlp.atomic import atomic_paths
 from fashion_mlp.augment import augment
 from fashion_mlp.dataset import NUM_CLASSES
+from fashion_mlp.epoch_metrics import (
+    EPOCH,
+    EPOCH_SECONDS,
+    LR,
+    TRAIN_ACC,
+    TRAIN_LOSS,
+    EpochMetrics,
+    held_out_acc,
+)
 from fashion_mlp.errors import PipelineError
 from fashion_mlp.linalg import pin_numerics
 from fashion_mlp.model import (
@@ -60,7 +70,22 @@ from fashion_mlp.tracking.runs import NullRuns, Runs
 # divergence, not learning (lr 1000 gives 1e10 in epoch 1, then dead ReLUs and chance accuracy
 # without ever reaching NaN), so it stops the run like a NaN does.
 DIVERGED_LOSS = 100 * math.log(NUM_CLASSES)
+# Guessing scores 1 / 10. A training that ends below twice that has collapsed (lr 5.0 ends at
+# 0.1000, dead ReLUs; an EMA decay of 0.999999999 at 0.11): still finite, so only said.
+CHANCE_ACCURACY = 1 / NUM_CLASSES
 TRAIN_STAGE = "train"
+
+
+def collapsed_warning(model: str, accuracy: float, params: TrainParams) -> str | None:
+    """One line when the model ended at about chance accuracy, else None."""
+    if accuracy >= 2 * CHANCE_ACCURACY:
+        return None
+    return (
+        f"{model} ends at test accuracy {accuracy:.4f}, about chance ({CHANCE_ACCURACY:.2f} for "
+        f"{NUM_CLASSES} classes): the training collapsed (lr {params.lr}, ema_decay "
+        f"{params.ema_decay}); `register` refuses it as champion (params "
+        "mlflow.champion_min_test_acc)"
+    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -166,8 +191,17 @@ def train_one_epoch(
     return loss_sum.item() / len(labels), correct.item() / len(labels), rate
 
 
-def evaluate_accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> float:
-    return (predict_logits(model, inputs).argmax(dim=1) == labels).double().mean().item()
+@dataclass(frozen=True)
+class Fitted:
+    """What `fit` returns."""
+
+    history: list[EpochMetrics]  # one metrics dict per epoch
+    model: nn.Module  # the model to keep: the trained one, or its weight average
+    held_out_logits: torch.Tensor  # the kept model's logits for the held-out split
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(dim=1) == labels).double().mean().item()
 
 
 def fit(
@@ -179,14 +213,14 @@ def fit(
     on_epoch_end: Callable[[EpochMetrics], None] | None = None,
     on_batch_end: Callable[[], None] | None = None,
     held_out_name: str = "test",
-) -> tuple[list[EpochMetrics], nn.Module]:
+) -> Fitted:
     """Train `model` for `params.epochs` on the device it lives on.
 
-    Returns one metrics dict per epoch (`epoch`, HISTORY_KEYS with the held-out accuracy as
-    `<held_out_name>_acc`, `epoch_seconds`) and the model to keep: `model` itself, or its weight
-    average when `params.ema_decay` is set. Stops with a PipelineError at the first epoch whose
-    loss is not finite or above DIVERGED_LOSS, before that epoch's metrics reach any callback
-    (so NaN never gets logged).
+    Each epoch's metrics are the registry's (epoch_metrics.py, the held-out accuracy named
+    after `held_out_name`) with `epoch` and `epoch_seconds`. The model kept is `model` itself,
+    or its weight average when `params.ema_decay` is set; its held-out logits are the last
+    epoch's. Stops with a PipelineError at the first epoch whose loss is not finite or above
+    DIVERGED_LOSS, before that epoch's metrics reach any callback (so NaN never gets logged).
     """
     device = next(model.parameters()).device
     train_inputs, held_inputs = as_inputs(train.images, device), as_inputs(held_out.images, device)
@@ -198,7 +232,7 @@ def fit(
     rates = make_rate_schedule(optimizer, params, steps_per_epoch) if scheduled else None
     average = weight_average(model, params.ema_decay)
     kept = average.module if average is not None else model
-    history = []
+    history, held_logits = [], torch.empty(0)
     for epoch in range(1, params.epochs + 1):
         started = time.perf_counter()
         train_loss, train_acc, rate = train_one_epoch(
@@ -218,18 +252,19 @@ def fit(
                 f"guess scores {math.log(NUM_CLASSES):.2f} (lr={params.lr}); "
                 "lower the learning rate"
             )
+        held_logits = predict_logits(kept, held_inputs)
         metrics = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            f"{held_out_name}_acc": evaluate_accuracy(kept, held_inputs, held_labels),
-            "lr": rate,
-            "epoch_seconds": time.perf_counter() - started,
+            EPOCH: epoch,
+            TRAIN_LOSS: train_loss,
+            TRAIN_ACC: train_acc,
+            held_out_acc(held_out_name): accuracy(held_logits, held_labels),
+            LR: rate,
+            EPOCH_SECONDS: time.perf_counter() - started,
         }
         history.append(metrics)
         if on_epoch_end is not None:
             on_epoch_end(metrics)
-    return history, kept
+    return Fitted(history, kept, held_logits)
 
 
 def train_model(
@@ -276,7 +311,7 @@ def train_model(
         run.log_datasets(dataset_records(data_dir, labels, tags.get("git_commit")))
 
         def on_epoch_end(metrics: EpochMetrics) -> None:
-            run.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, metrics["epoch"])
+            run.log_metrics({k: v for k, v in metrics.items() if k != EPOCH}, metrics[EPOCH])
             progress.epoch_done(metrics, HISTORY_KEYS)
 
         def on_batch_end() -> None:
@@ -284,7 +319,7 @@ def train_model(
             progress.batch_done()
 
         with cores:
-            history, kept = fit(
+            fitted = fit(
                 model,
                 splits["train"],
                 splits["test"],
@@ -293,18 +328,16 @@ def train_model(
                 on_epoch_end=on_epoch_end,
                 on_batch_end=on_batch_end,
             )
-        kept = kept.cpu()
+        kept = fitted.model.cpu()
         run.set_tags({"torch_threads": cores.describe()})
         content = checkpoint_bytes(kept, config.model)
-        test_inputs = as_inputs(splits["test"].images)
-        logits = predict_logits(kept, test_inputs).numpy()
+        example = as_inputs(splits["test"].images[:5]).numpy()
         # Last: MLflow exports the model with torch.export, whose tracer intercepts every module
         # call in the process while it runs, so nothing else may run the model meanwhile.
-        digest = sha256(content).hexdigest()
-        run.log_model(kept, test_inputs[:5].numpy(), config.name, params.epochs, digest)
+        run.log_model(kept, example, config.name, params.epochs, content)
         run.wait()  # outputs only once MLflow holds everything the run logged
         inputs.verify()
         weights_file.write_bytes(content)
-        history_file.write_text(history_csv(history), encoding="utf-8")
-        logits_file.write_bytes(logits_bytes(logits))
-    return history
+        history_file.write_text(history_csv(fitted.history), encoding="utf-8")
+        logits_file.write_bytes(logits_bytes(fitted.held_out_logits.cpu().numpy()))
+    return fitted.history

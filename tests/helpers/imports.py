@@ -1,15 +1,22 @@
-"""Which project modules a pipeline stage executes, derived from the code itself.
+"""Which project modules can change a pipeline stage's outputs, derived from the code itself.
 
 A stage runs `fashion-mlp COMMAND`: the CLI module's top-level imports, the imports inside the
 command's function (and inside the CLI helpers it calls), then everything those modules import,
-anywhere in their source (a function-level import is still code the stage may run), to the end.
-tests/test_dvc_yaml.py compares this closure with each stage's code deps in dvc.yaml.
+anywhere in their source (a function-level import is still code the stage may run), to the end:
+the import closure. Less the layers declared apart (DECLARED_APART), which decide how a run is
+recorded or whether params are accepted, never the bytes a stage writes: their modules, and
+whatever only they import, are no stage's code deps (README "Changing code"), the way
+RECORDING_KEYS are no stage's params. tests/test_dvc_yaml.py compares what is left with each
+stage's code deps in dvc.yaml.
 """
 
 import ast
 from pathlib import Path
 
 PACKAGE = "fashion_mlp"
+# The recording layer (MLflow: what a run records, never an output's bytes) and the vocabulary
+# of registry names (whether params are accepted; the registries' code is a dep where it runs).
+DECLARED_APART = (f"{PACKAGE}.tracking", f"{PACKAGE}.choices")
 # What counts as a stage's code in dvc.yaml's deps: Python modules and the C extension's source.
 CODE_SUFFIXES = (".py", ".c")
 
@@ -59,8 +66,13 @@ def _with_packages(modules: set[str], source_root: Path) -> set[str]:
     return found
 
 
+def declared_apart(module: str) -> bool:
+    return any(module == layer or module.startswith(layer + ".") for layer in DECLARED_APART)
+
+
 def command_closure(source_root: Path, command: str) -> set[Path]:
-    """Files of every project module `fashion-mlp COMMAND` may execute, cli.py included."""
+    """Files of every project module that can change what `fashion-mlp COMMAND` writes: the
+    import closure from cli.py, not entering the layers declared apart."""
     cli_file = module_file(source_root, f"{PACKAGE}.cli")
     tree = ast.parse(cli_file.read_text())
     functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
@@ -83,7 +95,7 @@ def command_closure(source_root: Path, command: str) -> set[Path]:
     closure = {f"{PACKAGE}.cli"}
     while modules:
         module = modules.pop()
-        if module in closure:
+        if module in closure or declared_apart(module):
             continue
         closure.add(module)
         modules |= _with_packages(_imports_of(source_root, module), source_root)

@@ -65,7 +65,8 @@ def plant_champion_copy(
     the champion, and return the folder where the artifact store keeps its files."""
     import mlflow
 
-    from fashion_mlp.tracking.runs import DOWNLOAD_NOTE, FILES_TAG, files_digest
+    from fashion_mlp.tracking.models import DOWNLOAD_NOTE, files_digest
+    from fashion_mlp.tracking.tags import FILES_TAG
 
     client = mlflow.MlflowClient(store)
     genuine = client.get_model_version_by_alias(experiment, "champion")
@@ -94,3 +95,51 @@ def plant_champion_copy(
     client.set_registered_model_alias(experiment, "champion", version.version)
     location = client.get_logged_model(copy.model_id).artifact_location
     return Path(urllib.request.url2pathname(urllib.parse.urlparse(location).path))
+
+
+def forge_run(
+    store: str, victim: str, donor: str, author: str, experiment: str = "fashion-mlp"
+) -> str:
+    """What any account with EDIT on the experiment can do (issue 24): create a newer FINISHED
+    run that copies every tag of the genuine training run of `victim`, its weights digest
+    included, and give it a LoggedModel holding the files `donor`'s run logged, tagged with
+    their hash as the project's own `files_digest` computes it. The run is `author`'s, as
+    MLflow's client records a run's user. Returns the forged run's id."""
+    import mlflow
+
+    from fashion_mlp.tracking.models import DOWNLOAD_NOTE, files_digest
+    from fashion_mlp.tracking.tags import FILES_TAG, MODEL_ID_TAG, MODEL_TAG, STAGE_TAG
+
+    client = mlflow.MlflowClient(store)
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+
+    def training_run(model: str):
+        query = f"tags.`{MODEL_TAG}` = '{model}' and tags.`{STAGE_TAG}` = 'train'"
+        return client.search_runs([experiment_id], query, order_by=["start_time DESC"])[0]
+
+    genuine, donor_run = training_run(victim), training_run(donor)
+    genuine_model = client.get_logged_model(genuine.data.tags[MODEL_ID_TAG])
+    tags = {key: value for key, value in genuine.data.tags.items() if not key.startswith("mlflow.")}
+    forged = client.create_run(
+        experiment_id, run_name=victim, tags=tags | {"mlflow.user": author}
+    ).info.run_id
+    for key, value in genuine.data.params.items():
+        client.log_param(forged, key, value)
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(
+            mlflow.artifacts.download_artifacts(
+                f"models:/{donor_run.data.tags[MODEL_ID_TAG]}", dst_path=scratch, tracking_uri=store
+            )
+        )
+        (folder / DOWNLOAD_NOTE).unlink(missing_ok=True)
+        logged = client.create_logged_model(
+            experiment_id,
+            name=victim,
+            source_run_id=forged,
+            tags=dict(genuine_model.tags) | {FILES_TAG: files_digest(folder)},
+        )
+        client.log_model_artifacts(logged.model_id, str(folder))
+    client.finalize_logged_model(logged.model_id, "READY")
+    client.set_tag(forged, MODEL_ID_TAG, logged.model_id)
+    client.set_terminated(forged, "FINISHED")
+    return forged

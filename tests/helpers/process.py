@@ -95,7 +95,16 @@ def train_at_once(runs: list[tuple[str, str]], cwd: Path, env: dict[str, str]) -
     time, as a parallel DVC queue does; each must succeed."""
     processes = [
         subprocess.Popen(
-            [CLI, "train", model, "--no-progress", "--out-dir", f"models/{copy}"],
+            [
+                CLI,
+                "train",
+                model,
+                "--config",
+                f"configs/{model}.json",
+                "--no-progress",
+                "--out-dir",
+                f"models/{copy}",
+            ],
             cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,

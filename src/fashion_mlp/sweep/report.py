@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from fashion_mlp.atomic import atomic_folder
-from fashion_mlp.params import SweepParams
-from fashion_mlp.sweep.trials import TrialOutcome
+from fashion_mlp.documents import yaml_text
+from fashion_mlp.epoch_metrics import EPOCH
+from fashion_mlp.sweep.space import SweepParams
+from fashion_mlp.sweep.trials import VAL_ACC, TrialOutcome
 from fashion_mlp.tables import csv_text, markdown_table
 
 REPORT_FILES = ("sweep.md", "trials.csv", "curves.png", "best.yaml")
@@ -29,8 +31,6 @@ def publish_reports(
     trained_on: int,
     out_dir: Path,
 ) -> None:
-    import yaml
-
     keys = sorted({key for outcome in ranked for key in outcome.plan.sampled})
     rows = [
         {
@@ -41,7 +41,7 @@ def publish_reports(
             "status": outcome.status,
             "epochs": len(outcome.epochs),
             "stopped_early": outcome.stopped_early,
-            "val_acc": round(outcome.val_acc, 4) if outcome.epochs else "",
+            VAL_ACC: round(outcome.val_acc, 4) if outcome.epochs else "",
             "error": outcome.error,
         }
         for rank, outcome in enumerate(ranked, 1)
@@ -54,7 +54,7 @@ def publish_reports(
         else "# no trial finished\n"
     )
     name = f"{sweep.name}_best".replace("-", "_")
-    pasted = yaml.safe_dump({"models": {name: best.plan.entry}}, sort_keys=False)
+    pasted = yaml_text({"models": {name: best.plan.entry}})
     with atomic_folder(Path(out_dir)) as staging:
         (staging / "trials.csv").write_text(csv_text(rows), encoding="utf-8")
         (staging / "best.yaml").write_text(note + pasted, encoding="utf-8")
@@ -99,7 +99,7 @@ def summary(
             "The winner as a `models` entry: `best.yaml`. Every trial: `trials.csv`; their "
             "validation curves: `curves.png`.",
             "",
-            markdown_table(shown, ["rank", "trial", *keys, "epochs", "val_acc", "status"]),
+            markdown_table(shown, ["rank", "trial", *keys, "epochs", VAL_ACC, "status"]),
             "",
         ]
     )
@@ -112,8 +112,8 @@ def plot_curves(ranked: list[TrialOutcome], grace_period: int, path: Path) -> No
     for outcome in sorted(ranked, key=lambda o: o.plan.index):
         if not outcome.epochs:
             continue
-        epochs = [row["epoch"] for row in outcome.epochs]
-        accuracy = [row["val_acc"] for row in outcome.epochs]
+        epochs = [row[EPOCH] for row in outcome.epochs]
+        accuracy = [row[VAL_ACC] for row in outcome.epochs]
         style = ":" if outcome.stopped_early or outcome.status != "FINISHED" else "-"
         (line,) = ax.plot(epochs, accuracy, style, marker=".", label=f"trial {outcome.plan.index}")
         if outcome.stopped_early:

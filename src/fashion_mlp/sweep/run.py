@@ -23,13 +23,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fashion_mlp.epoch_metrics import held_out_acc
 from fashion_mlp.errors import PipelineError
 from fashion_mlp.params import Params
 from fashion_mlp.splits import Split, carve_validation, load_split
 from fashion_mlp.sweep.report import publish_reports
-from fashion_mlp.sweep.space import plan_trials
+from fashion_mlp.sweep.space import plan_trials, sweep_params
 from fashion_mlp.sweep.trials import TRIAL_STAGE, TrialOutcome, rank, start_ray, tune_trials
-from fashion_mlp.tracking.runs import Runs, owner_tags
+from fashion_mlp.tracking.orphans import owner_tags
+from fashion_mlp.tracking.runs import Runs
 from fashion_mlp.tracking.store import SQLITE_PREFIX, Store
 
 SWEEP_STAGE = "sweep"
@@ -44,7 +46,7 @@ def run_sweep(
     show_progress: bool = True,
 ) -> list[TrialOutcome]:
     """Run the sweep, write its reports, track it; the trials, best first."""
-    sweep = params.sweep
+    sweep = sweep_params(params)
     plans = plan_trials(params)
     if ray_address and store.target.uri.startswith(SQLITE_PREFIX):
         raise PipelineError(
@@ -119,7 +121,7 @@ def run_sweep(
 
 def _definition(params: Params) -> dict[str, Any]:
     """The sweep's definition, as the parent run's params."""
-    sweep = params.sweep
+    sweep = sweep_params(params)
     return sweep.model_dump(exclude={"base", "space", "scheduler"}) | {
         "grace_period": sweep.scheduler.grace_period,
         "reduction_factor": sweep.scheduler.reduction_factor,
@@ -140,5 +142,5 @@ def _test_best(best: TrialOutcome, rest: Split, data_dir: Path) -> float:
     params = best.plan.config.train.model_copy(update={"device": "cpu"})
     with CoreShare() as cores:
         model, generator = seeded_model(best.plan.config.model, params)
-        history, _ = fit(model, rest, test, params, generator, on_batch_end=cores.rebalance)
-    return history[-1]["test_acc"]
+        fitted = fit(model, rest, test, params, generator, on_batch_end=cores.rebalance)
+    return fitted.history[-1][held_out_acc("test")]

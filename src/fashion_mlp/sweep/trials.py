@@ -26,11 +26,17 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-from fashion_mlp.artifacts import EpochMetrics
+from fashion_mlp.epoch_metrics import (
+    EPOCH,
+    EPOCH_SECONDS,
+    EpochMetrics,
+    epoch_keys,
+    held_out_acc,
+)
 from fashion_mlp.errors import PipelineError
 from fashion_mlp.params import Params
 from fashion_mlp.splits import Split
-from fashion_mlp.sweep.space import TrialPlan
+from fashion_mlp.sweep.space import TrialPlan, sweep_params
 from fashion_mlp.tracking.store import TrackingTarget
 
 TRIAL_STAGE = "sweep-trial"
@@ -39,7 +45,9 @@ WORKER_TAG, STOPPED_TAG = "ray_worker_pid", "early_stopped_at_epoch"
 # The result key of a trial that met a problem every trial would meet (its tracking store
 # failed): the driver stops the sweep with it.
 STOP_KEY = "sweep_stop_error"
-TRIAL_METRICS = ("train_loss", "train_acc", "val_acc", "lr", "epoch_seconds")
+VALIDATION = "val"  # the held-out split's name: trials report val_acc, never a test score
+VAL_ACC = held_out_acc(VALIDATION)
+TRIAL_METRICS = (*epoch_keys(VALIDATION), EPOCH_SECONDS)
 # Tune's default reporter prints where its files are (a temporary folder here) even at
 # verbose=0; its older reporter prints nothing at verbose=0: our progress bar reports. A trial
 # that diverges ends with a result that carries no validation metric, which strict checking
@@ -72,7 +80,7 @@ class TrialOutcome:
 
     @property
     def val_acc(self) -> float:
-        return self.epochs[-1]["val_acc"] if self.epochs else float("nan")
+        return self.epochs[-1][VAL_ACC] if self.epochs else float("nan")
 
 
 class _TrackingFailed(Exception):
@@ -132,12 +140,12 @@ def run_trial(
 
             def on_epoch_end(metrics: EpochMetrics) -> None:
                 try:
-                    run.log_metrics({key: metrics[key] for key in TRIAL_METRICS}, metrics["epoch"])
+                    run.log_metrics({key: metrics[key] for key in TRIAL_METRICS}, metrics[EPOCH])
                 except PipelineError as err:
                     raise _TrackingFailed(str(err)) from None
                 # Tune may stop the trial here (ASHA): it leaves through SystemExit(0).
                 tune.report(
-                    {key: metrics[key] for key in (*TRIAL_METRICS, "epoch")} | {"run_id": run_id}
+                    {key: metrics[key] for key in (*TRIAL_METRICS, EPOCH)} | {"run_id": run_id}
                 )
 
             with CoreShare(fixed_threads=settings["cpus_per_trial"]) as cores:
@@ -151,7 +159,7 @@ def run_trial(
                         generator,
                         on_epoch_end=on_epoch_end,
                         on_batch_end=cores.rebalance,
-                        held_out_name="val",
+                        held_out_name=VALIDATION,
                     )
                 except PipelineError as err:
                     # A configuration that diverges is a result, not a crash: no retry.
@@ -199,11 +207,11 @@ def tracker(outcomes: list[TrialOutcome], show_progress: bool) -> Any:
                     self.stop_error or f"trial {outcome.plan.index}: {result[STOP_KEY]}"
                 )
             outcome.error = result.get("error") or result.get(STOP_KEY) or outcome.error
-            if "val_acc" not in result:
+            if VAL_ACC not in result:
                 return
-            epoch = {key: result[key] for key in (*TRIAL_METRICS, "epoch")}
+            epoch = {key: result[key] for key in (*TRIAL_METRICS, EPOCH)}
             # A retried trial reports its epochs again from 1: keep one row per epoch.
-            outcome.epochs = [row for row in outcome.epochs if row["epoch"] < epoch["epoch"]]
+            outcome.epochs = [row for row in outcome.epochs if row[EPOCH] < epoch[EPOCH]]
             outcome.epochs.append(epoch)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
@@ -286,7 +294,7 @@ def start_ray(params: Params, ray_address: str | None) -> bool:
 
 
 def _refuse_unschedulable(params: Params, cpus: float, where: str) -> None:
-    wanted = params.sweep.cpus_per_trial
+    wanted = sweep_params(params).cpus_per_trial
     if wanted > cpus:
         raise PipelineError(
             f"{params.source}: sweep.cpus_per_trial = {wanted}: {where} {cpus:g} "
@@ -311,7 +319,7 @@ def tune_trials(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    sweep = params.sweep
+    sweep = sweep_params(params)
     callback = tracker(outcomes, show_progress)
     callback.progress.start()
     try:
@@ -345,7 +353,7 @@ def tune_trials(
                 param_space={"trial": tune.grid_search(list(trials))},
                 tune_config=tune.TuneConfig(
                     scheduler=ASHAScheduler(
-                        metric="val_acc",
+                        metric=VAL_ACC,
                         mode="max",
                         time_attr="training_iteration",
                         max_t=epochs,

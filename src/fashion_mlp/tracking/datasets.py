@@ -5,13 +5,34 @@ DVC's manifest of `data/processed`, and its source names the DVC output, the fol
 hash and the git commit.
 """
 
+import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fashion_mlp.dataset import IMAGE_SHAPE
 from fashion_mlp.splits import dvc_digests, split_path
-from fashion_mlp.tracking.runs import DatasetRecord, TensorShape
+
+
+@dataclass(frozen=True)
+class TensorShape:
+    dtype: str  # numpy's name, e.g. "uint8"
+    shape: tuple[int, ...]  # -1 for any size
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """One data input of a run: what MLflow's Datasets panel shows."""
+
+    name: str
+    digest: str
+    source: dict[str, str]
+    features: TensorShape
+    targets: TensorShape
+    profile: dict[str, Any]
+    context: str  # training | validation | testing
+
 
 CONTEXTS = {"train": "training", "validation": "validation", "test": "testing"}
 
@@ -37,3 +58,31 @@ def dataset_records(data_dir: Path, labels: Mapping[str, Any], commit: str | Non
         )
         for split, data in labels.items()
     ]
+
+
+def dataset_input(record: DatasetRecord) -> Any:
+    import numpy as np
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.types import Schema, TensorSpec
+
+    def schema(spec: TensorShape) -> str:
+        return Schema([TensorSpec(np.dtype(spec.dtype), spec.shape)]).to_json()
+
+    return DatasetInput(
+        Dataset(
+            name=record.name,
+            digest=record.digest,
+            source_type="dvc",
+            source=json.dumps(record.source),
+            schema=json.dumps(
+                {
+                    "mlflow_tensorspec": {
+                        "features": schema(record.features),
+                        "targets": schema(record.targets),
+                    }
+                }
+            ),
+            profile=json.dumps(record.profile),
+        ),
+        tags=[InputTag(key="mlflow.data.context", value=record.context)],
+    )

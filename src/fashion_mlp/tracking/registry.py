@@ -1,50 +1,27 @@
-"""The model registry: the `champion` alias, and loading only models that our `train` wrote.
+"""The model registry: the `champion` alias, and the checkpoints of registered models.
 
 The registered model is named after the experiment; its alias `champion` points at a version
 whose source is the champion's LoggedModel (`models:/<model_id>`), so the registry version
-carries the model's params and evaluation metrics.
+carries the model's params and evaluation metrics. `register` promotes a run provenance.py
+confirmed by its bytes.
 
-A logged model is used (`fetch`: by `predict` and `serve`) only if it is exactly what `train`
-logs: an MLflow PyTorch model in the `pt2` format (a torch.export graph) whose MLmodel names
-only the `pytorch` and `python_function` flavors, loads through `mlflow.pytorch`, and carries
-no code; whose files are the ones `train` writes and nothing else; and whose files hash to the
-SHA-256 recorded on the LoggedModel when it was logged. A model in the `pickle` format, or one
-with a `code` folder and a loader of its own, would run whatever its author put there the
-moment it is loaded, and a tracking server is not a place to trust.
+`fetch` (for `predict` and `serve`) reads a registered model's checkpoint only if the model's
+files are exactly what `train` logs (models.refuse_unsafe_model), and runs none of them: the
+caller compares the checkpoint with the weights it trusts and builds the network itself.
 """
 
 import json
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from fashion_mlp.errors import PipelineError
-from fashion_mlp.tracking.runs import (
-    FILES_TAG,
-    MODEL_TAG,
-    WEIGHTS_TAG,
-    TrainedRun,
-    files_digest,
-    logged_files,
-)
-from fashion_mlp.tracking.store import Store, drop_duplicates, translated
+from fashion_mlp.tracking.models import CHECKPOINT_COPY, downloaded, refuse_unsafe_model
+from fashion_mlp.tracking.provenance import TrainedRun
+from fashion_mlp.tracking.store import Store, translated
+from fashion_mlp.tracking.tags import FILES_TAG, MODEL_TAG
 
 CHAMPION_ALIAS = "champion"
 VERSIONS_TAG = "mlflow.modelVersions"
-# What `mlflow.pytorch.log_model(..., serialization_format="pt2")` writes for our networks.
-MODEL_FILES = {
-    "MLmodel",
-    "conda.yaml",
-    "python_env.yaml",
-    "requirements.txt",
-    "input_example.json",
-    "serving_input_example.json",
-    "data/model.pt2",
-}
-FLAVORS = {"pytorch", "python_function"}
 
 
 def champion_uri(registered_name: str) -> str:
@@ -111,16 +88,17 @@ class Registry:
 
     def _new_version(self, trained: TrainedRun) -> str:
         client = self.store.client
-        version = client.create_model_version(
-            self.name,
-            source=f"models:/{trained.model_id}",
-            run_id=trained.run_id,
-            model_id=trained.model_id,
-        ).version
-        # No version of this model existed before: any other one now is a retried create's.
-        drop_duplicates(
-            self._versions_of(trained),
-            version,
+        # No version of this model existed before: any other one after is a retried create's.
+        version = self.store.create_once(
+            lambda _: (
+                client.create_model_version(
+                    self.name,
+                    source=f"models:/{trained.model_id}",
+                    run_id=trained.run_id,
+                    model_id=trained.model_id,
+                ).version
+            ),
+            lambda _: self._versions_of(trained),
             lambda duplicate: client.delete_model_version(self.name, duplicate),
         )
         # The LoggedModel lists its registry versions (the Models tab's "Registered models"),
@@ -130,6 +108,11 @@ class Registry:
         versions.append({"name": self.name, "version": version})
         client.set_logged_model_tags(trained.model_id, {VERSIONS_TAG: json.dumps(versions)})
         return version
+
+    def _author(self, run_id: str | None) -> str:
+        if not run_id:
+            return "an unknown user"
+        return self.store.client.get_run(run_id).info.user_id or "an unknown user"
 
     @translated
     def _describe(self, uri: str) -> tuple[Any, dict[str, str]]:
@@ -162,43 +145,28 @@ class Registry:
             "run_id": logged.source_run_id or "",
             "version": str(version.version) if version is not None else "",
             "registered_model": version.name if version is not None else "",
-            "weights_sha256": logged.tags.get(WEIGHTS_TAG, ""),
+            "author": self._author(logged.source_run_id),
         }
         return logged, about
 
-    @contextmanager
-    def fetch(self, uri: str) -> Iterator[tuple[Path, dict[str, str]]]:
-        """A checked local copy of the model at `uri` (models:/NAME@ALIAS, models:/NAME/VERSION,
-        models:/MODEL_ID) and what it is (model, version, run); gone after the block."""
+    @translated
+    def fetch(self, uri: str) -> tuple[bytes, dict[str, str]]:
+        """The checkpoint of the model at `uri` (models:/NAME@ALIAS, models:/NAME/VERSION,
+        models:/MODEL_ID) and what it is (model, version, run, author). Its files must be
+        exactly what our `train` logs (models.refuse_unsafe_model): only then is its checkpoint
+        read, and no code of it ever runs. The caller compares the checkpoint's bytes with the
+        weights it trusts (champion.py): the tags say only what someone wrote."""
         if not uri.startswith("models:/"):
             raise PipelineError(
                 f"refusing model {uri}: pass a registry URI (models:/NAME@ALIAS, "
                 "models:/NAME/VERSION or models:/MODEL_ID), or a checkpoint file"
             )
         logged, about = self._describe(uri)
-        with self._downloaded(f"models:/{about['model_id']}") as folder:
-            refuse_unsafe_model(uri, folder, logged.tags.get(FILES_TAG))
-            yield folder, about
-
-    @contextmanager
-    def _downloaded(self, uri: str) -> Iterator[Path]:
-        import logging
-        import os
-
-        # A download progress bar would interleave with what the command prints, and MLflow's
-        # note that a model's files are gone would precede our own line saying so.
-        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-        logging.getLogger("mlflow.store.artifact.artifact_repo").setLevel(logging.WARNING)
-        with tempfile.TemporaryDirectory(prefix="fashion-mlp-model-") as scratch:
-            yield Path(self._download(uri, scratch))
-
-    @translated
-    def _download(self, uri: str, destination: str) -> str:
-        import mlflow
-
-        return mlflow.artifacts.download_artifacts(
-            artifact_uri=uri, dst_path=destination, tracking_uri=self.store.target.uri
-        )
+        name = f"model {uri}"
+        with downloaded(self.store, about["model_id"]) as folder:
+            refuse_unsafe_model(name, folder, logged.tags.get(FILES_TAG))
+            checkpoint = (folder / CHECKPOINT_COPY).read_bytes()
+        return checkpoint, about
 
 
 def _model_id_of(version: Any) -> str:
@@ -208,80 +176,3 @@ def _model_id_of(version: Any) -> str:
     return version.model_id or (
         source.removeprefix("models:/") if source.startswith("models:/m-") else ""
     )
-
-
-def refuse_unsafe_model(uri: str, folder: Path, recorded_digest: str | None) -> None:
-    """PipelineError unless `folder` is exactly a model our `train` logged (module docstring)."""
-    import yaml
-
-    folder = Path(folder)
-    files = {path.relative_to(folder).as_posix() for path in logged_files(folder)}
-    extra, missing = sorted(files - MODEL_FILES), sorted(MODEL_FILES - files)
-    if extra:
-        raise PipelineError(
-            f"refusing model {uri}: not a model fashion-mlp trained (unexpected "
-            f"{', '.join(extra)}); loading it could run code from whoever logged it"
-        )
-    # Fewer files than train writes, and none of another's: deleted from the artifact store
-    # (by hand, `mlflow gc`, a lifecycle rule) or never fully uploaded. Nothing to fear, nothing
-    # to load.
-    if missing:
-        gone = ", ".join(missing) if files else "all its files"
-        raise PipelineError(
-            f"cannot load model {uri}: {gone} missing from the artifact store (deleted?); "
-            "retrain and register it (`dvc repro --force train@MODEL register`)"
-        )
-    try:
-        flavors = yaml.safe_load((folder / "MLmodel").read_text(encoding="utf-8"))["flavors"]
-        pytorch, pyfunc = flavors["pytorch"], flavors["python_function"]
-        loader = pyfunc.get("loader_module")
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
-        raise PipelineError(
-            f"refusing model {uri}: not an MLflow PyTorch model (no pytorch flavor in MLmodel)"
-        ) from None
-    problems = []
-    if set(flavors) != FLAVORS:
-        problems.append(f"flavors {', '.join(sorted(map(str, flavors)))}")
-    if loader != "mlflow.pytorch":
-        problems.append(f"its own loader {loader!r}")
-    if pytorch.get("code") or pyfunc.get("code"):
-        problems.append("code of its own")
-    if pytorch.get("model_data") != "data" or pyfunc.get("data") != "data":
-        problems.append("data outside data/")
-    if problems:
-        raise PipelineError(
-            f"refusing model {uri}: it has {', '.join(problems)}; only MLflow's safe pt2 format "
-            "without code is loaded (loading it could run code from whoever logged it)"
-        )
-    if recorded_digest is None or files_digest(folder) != recorded_digest:
-        raise PipelineError(
-            f"refusing model {uri}: its files are not the ones recorded when it was logged "
-            f"({FILES_TAG} {'differs' if recorded_digest else 'is missing'})"
-        )
-
-
-def load_checked_model(folder: Path) -> Any:
-    """Load a model folder that `refuse_unsafe_model` accepted (a torch.export graph, already in
-    inference mode), with MLflow's pickle loading switched off as a second guard."""
-    import mlflow
-
-    return _load_without_pickle(folder, mlflow.pytorch.load_model, map_location="cpu")
-
-
-def load_checked_pyfunc(folder: Path) -> Any:
-    """The same folder as the PyFuncModel that MLflow's scoring server serves (with its
-    signature); its loader is `mlflow.pytorch`, as `refuse_unsafe_model` checked."""
-    import mlflow
-
-    return _load_without_pickle(folder, mlflow.pyfunc.load_model)
-
-
-def _load_without_pickle(folder: Path, load: Callable[..., Any], **options: Any) -> Any:
-    import os
-
-    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
-    try:
-        return load(str(folder), **options)
-    except Exception as err:
-        reason = " ".join(str(err).split())[:200] or type(err).__name__
-        raise PipelineError(f"cannot load model {folder} ({reason})") from None

@@ -21,6 +21,7 @@ import os
 import re
 import threading
 import urllib.parse
+import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -76,6 +77,7 @@ def resolve_target(settings: TrackingSettings, uri: str | None, root: Path) -> T
             f"the tracking URI {shown} holds a user name and password; take them out "
             "and set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead"
         )
+    _refuse_credentials_in_clear(chosen)
     if chosen.startswith(SQLITE_PREFIX):
         path = Path(urllib.parse.unquote(chosen.removeprefix(SQLITE_PREFIX)))
         if not path.is_absolute():
@@ -86,14 +88,53 @@ def resolve_target(settings: TrackingSettings, uri: str | None, root: Path) -> T
     return TrackingTarget(uri=chosen, experiment=settings.experiment)
 
 
+# The variables MLflow's client takes credentials from.
+CREDENTIAL_VARIABLES = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+)
+
+
+def _refuse_credentials_in_clear(uri: str) -> None:
+    """Credentials go to another host over TLS only: refused before the first request (which
+    would carry them in clear), not after the server answers."""
+    given = [name for name in CREDENTIAL_VARIABLES if os.environ.get(name)]
+    parsed = urllib.parse.urlsplit(uri)
+    if not given or parsed.scheme != "http" or _is_loopback(parsed.hostname or ""):
+        return
+    raise PipelineError(
+        f"refusing to send {' and '.join(given)} to {redact(uri)} over plain http://, where "
+        "anyone on the way can read them; use the server's https:// address (README: a team "
+        "tracking server), or unset them for a server without accounts"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether `host` is this machine: a loopback address, or a name that resolves only to
+    loopback addresses."""
+    import ipaddress
+    import socket
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(
+        ipaddress.ip_address(address.split("%")[0]).is_loopback for address in addresses
+    )
+
+
 def sqlite_path(uri: str) -> Path:
     return Path(urllib.parse.unquote(uri.removeprefix(SQLITE_PREFIX)))
 
 
 def drop_duplicates(found: list[str], kept: str, delete: Callable[[str], Any]) -> None:
-    """Delete every id in `found` but `kept`. MLflow's client retries a POST whose answer came
-    too late (a slow server or proxy), and the server may have done the first one too: a create
-    found twice by the token it was tagged with leaves its first copy behind, empty."""
+    """Delete every id in `found` but `kept`: the copies a retried create left behind."""
     for duplicate in found:
         if duplicate != kept:
             delete(duplicate)
@@ -156,6 +197,11 @@ class Store:
             self._connect()
         except BaseException as err:  # handed to the thread that uses the store
             self._failure = err
+
+    def connect(self) -> None:
+        """Open the store now, in this thread, raising what opening it raises (an `mlflow run`
+        of another experiment, say) before any work starts."""
+        translated_call(self, self._connected)
 
     def ready(self) -> None:
         """Wait for the background connection, if one is on its way: until it is done, no
@@ -253,6 +299,23 @@ class Store:
         database = sqlite_path(self.target.uri)
         database.parent.mkdir(parents=True, exist_ok=True)
         return FileLock(database.with_name(database.name + ".lock"))
+
+    def create_once(
+        self,
+        create: Callable[[str], str],
+        copies: Callable[[str], list[str]],
+        delete: Callable[[str], Any],
+    ) -> str:
+        """`create(token)` something tagged with a fresh token (a run, a logged model) and
+        return its id. MLflow's client retries a POST whose answer came too late (a slow server
+        or proxy), and the server may have done the first one too: on a server, the copies
+        found by the token (`copies(token)`) are deleted but the one kept. A SQLite store has
+        no HTTP to retry, so nothing is searched."""
+        token = uuid.uuid4().hex
+        kept = create(token)
+        if not self.target.uri.startswith(SQLITE_PREFIX):
+            drop_duplicates(copies(token), kept, delete)
+        return kept
 
     def error(self, err: BaseException) -> PipelineError:
         """One line for a store that fails: the URI, what went wrong and what to do."""
