@@ -32,7 +32,7 @@ from fashion_mlp.sweep.space import plan_trials, sweep_params
 from fashion_mlp.sweep.trials import TRIAL_STAGE, TrialOutcome, rank, start_ray, tune_trials
 from fashion_mlp.tracking.orphans import owner_tags
 from fashion_mlp.tracking.runs import Runs
-from fashion_mlp.tracking.store import SQLITE_PREFIX, Store
+from fashion_mlp.tracking.store import SQLITE_PREFIX, Store, StoreFailure
 
 SWEEP_STAGE = "sweep"
 
@@ -88,23 +88,31 @@ def run_sweep(
                 interrupted = tune_trials(
                     params, outcomes, rest, validation, settings, show_progress
                 )
-            finally:
                 # Each trial's run ends as Tune saw the trial end; those whose worker died, or
                 # that never ended because the sweep stopped, end KILLED.
                 ended = {
                     o.run_id: o.run_end() for o in outcomes if o.run_id and o.status != "KILLED"
                 }
-                try:
-                    runs.end_children(parent_id, ended)
-                except PipelineError as err:
-                    raise PipelineError(
-                        f"{err}; when the store works again, `fashion-mlp cleanup-runs` closes "
-                        "the runs this sweep left open"
-                    ) from None
-                finally:
-                    # Once the runs ended (Ray's shutdown takes seconds, which a second
-                    # Ctrl-C may cut), and before the winner's test, which needs no Ray.
-                    ray_session.close()
+                runs.end_children(parent_id, ended)
+            except StoreFailure as failure:
+                # No more calls to a store that failed (each could wait out MLflow's retries):
+                # its runs stay open for cleanup-runs, and Ray stops now.
+                raise StoreFailure(
+                    f"{failure}; when the store works again, `fashion-mlp cleanup-runs` "
+                    "closes the runs this sweep left open"
+                ) from None
+            except BaseException:
+                # Interrupted (Ctrl-C, SIGTERM) or failed otherwise: the store works, so every
+                # started trial's run ends, KILLED where it never finished.
+                ended = {
+                    o.run_id: o.run_end() for o in outcomes if o.run_id and o.status != "KILLED"
+                }
+                runs.end_children(parent_id, ended)
+                raise
+            finally:
+                # Once the runs ended (Ray's shutdown takes seconds, which a second Ctrl-C may
+                # cut), and before the winner's test, which needs no Ray.
+                ray_session.close()
             if interrupted:
                 raise KeyboardInterrupt("the sweep was interrupted")
             ranked = sorted(outcomes, key=rank)

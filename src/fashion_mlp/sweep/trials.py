@@ -17,6 +17,7 @@ the whole space for every trial it creates: with the configurations in it, 2,000
 90 s before the first one started).
 """
 
+import logging
 import math
 import os
 import signal
@@ -37,7 +38,7 @@ from fashion_mlp.errors import PipelineError
 from fashion_mlp.params import Params
 from fashion_mlp.splits import Split
 from fashion_mlp.sweep.space import TrialPlan, sweep_params
-from fashion_mlp.tracking.store import TrackingTarget
+from fashion_mlp.tracking.store import StoreFailure, TrackingTarget
 
 TRIAL_STAGE = "sweep-trial"
 TRIAL_TAG, NODE_TAG, ERROR_TAG = "sweep_trial", "ray_node_id", "sweep_trial_error"
@@ -204,7 +205,7 @@ def tracker(outcomes: list[TrialOutcome], show_progress: bool) -> Any:
             outcome.run_id = result.get("run_id", outcome.run_id)
             if STOP_KEY in result:
                 self.stop_error = (
-                    self.stop_error or f"trial {outcome.plan.index}: {result[STOP_KEY]}"
+                    self.stop_error or f"{result[STOP_KEY]} (trial {outcome.plan.index})"
                 )
             outcome.error = result.get("error") or result.get(STOP_KEY) or outcome.error
             if VAL_ACC not in result:
@@ -278,6 +279,11 @@ def start_ray(params: Params, ray_address: str | None) -> bool:
         # its C++ core prints a stack dump. The handler it replaces (the CLI's) unwinds like
         # Ctrl-C: the runs end KILLED, and ray.shutdown stops Ray's processes.
         on_sigterm = signal.getsignal(signal.SIGTERM)
+        # Ray says at every start that it enabled token authentication by default: a note for
+        # its log, not a line beside the sweep's own.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+            logging.ERROR
+        )
         ray.init(runtime_env=runtime_env, log_to_driver=False, logging_level="WARNING", **options)
         if on_sigterm is not None:
             signal.signal(signal.SIGTERM, on_sigterm)
@@ -377,7 +383,8 @@ def tune_trials(
     finally:
         callback.progress.stop()
     if callback.stop_error:
-        raise PipelineError(f"sweep {sweep.name} stopped at {callback.stop_error}")
+        # Only the store stops a sweep this way (a trial's run could not be written).
+        raise StoreFailure(callback.stop_error)
     return callback.interrupted
 
 

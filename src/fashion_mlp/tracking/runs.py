@@ -40,7 +40,7 @@ from fashion_mlp.tracking.orphans import (
     owner_tags,
 )
 from fashion_mlp.tracking.provenance import TrainedRun, trained
-from fashion_mlp.tracking.store import Store, translated, translated_call
+from fashion_mlp.tracking.store import Store, StoreFailure, translated, translated_call
 from fashion_mlp.tracking.tags import (
     ATTEMPTS_TAG,
     CLOSED_ORPHANS_TAG,
@@ -287,6 +287,11 @@ class Runs:
             yield run
             queue.wait()
             status = "FINISHED"
+        except StoreFailure:
+            # No more calls to a store that failed: the run stays as the store last saw it,
+            # for `fashion-mlp cleanup-runs`.
+            ends = False
+            raise
         except (KeyboardInterrupt, SystemExit) as stop:
             # MLflow alone would call an interrupted run FAILED. A trial that Ray Tune's
             # scheduler stops leaves through SystemExit(0): it finished, early.
@@ -312,13 +317,14 @@ class Runs:
         run._create(run_name(model), tags, params, parent, resume)
 
     def _finish(self, queue: CallQueue, run: Run, status: str | None) -> None:
-        """End the run (unless `status` is None) once the calls on their way reached the store."""
+        """End the run (unless `status` is None, or its store failed) once the calls on their
+        way reached the store."""
         try:
             # Only a block that failed can meet an error here (on success it waited itself): its
             # own error is on its way up and wins over this one.
             with contextlib.suppress(BaseException):
                 queue.wait()
-            if status is not None:
+            if status is not None and not queue.failed:
                 translated_call(self.store, run._end, status)
         except PipelineError:
             if status == "FINISHED":

@@ -317,9 +317,15 @@ class Store:
             drop_duplicates(copies(token), kept, delete)
         return kept
 
-    def error(self, err: BaseException) -> PipelineError:
+    def error(self, err: BaseException) -> "StoreFailure":
         """One line for a store that fails: the URI, what went wrong and what to do."""
-        return PipelineError(f"MLflow tracking store {self.target.shown_uri}: {_reason(err)}")
+        return StoreFailure(f"MLflow tracking store {self.target.shown_uri}: {_reason(err)}")
+
+
+class StoreFailure(PipelineError):
+    """The tracking store failed (down, refusing, full): after one, a command makes no more
+    calls to it, since each could wait out MLflow's retries again; the runs it leaves open are
+    closed by `fashion-mlp cleanup-runs` once the store works."""
 
 
 def translated(method: Method) -> Method:
