@@ -1,5 +1,7 @@
 # `make help` lists the targets. Everything runs from the project's own .venv.
 # Recipes name the venv by its relative path: the project's folder may have spaces in its path.
+# bash: recipes use pipefail.
+SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 # DVC runs each stage's `fashion-mlp …` command through the shell: the venv must be on PATH
@@ -11,10 +13,11 @@ MLFLOW_PORT ?= 5000
 CONSTRAINTS := constraints.txt
 # Debian packages the tests use: PostgreSQL (team server), nginx and openssl (its TLS proxy and
 # certificates), Chromium (browser test), iproute2 (the Ray cluster test's network namespace),
-# QEMU user mode (the numerics tests emulate other vendors' CPUs).
-TEST_PACKAGES := postgresql chromium iproute2 nginx openssl qemu-user
+# QEMU user mode (the numerics tests emulate other vendors' CPUs), openssh-server (the DVC
+# remote the sharing tests start).
+TEST_PACKAGES := postgresql chromium iproute2 nginx openssl qemu-user openssh-server
 
-.PHONY: help install constraints data test-deps repro results exps sweep test test-fast check-numerics bench lint format ui clean
+.PHONY: help install constraints data test-deps repro push pull results exps sweep test test-fast check-numerics bench lint format ui clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -57,8 +60,21 @@ test-deps: ## install the Debian packages the tests start (TEST_PACKAGES)
 		echo "not root or no apt-get: tests needing$$missing will be skipped (outside CI)"; \
 	fi
 
+# DVC ends every repro by suggesting `dvc push`, a remote or not: the line goes, and ours says
+# where the results can go. Unbuffered, so each stage's lines show as they come.
 repro: install data ## run the whole pipeline (dvc repro)
-	dvc repro
+	@set -o pipefail; PYTHONUNBUFFERED=1 dvc repro | sed -u '/^Use `dvc push` to send your updates to remote storage.$$/d'
+	@if dvc remote default >/dev/null 2>&1; then \
+		echo "share the results with the team: make push (README \"Sharing results\")"; \
+	else \
+		echo "no DVC remote is configured: the results stay in this clone (README \"Sharing results\" adds one)"; \
+	fi
+
+push: install ## send the results to the team's DVC remote (dvc push --run-cache, and every run's outputs)
+	fashion-mlp share push
+
+pull: install ## get the team's results from its DVC remote (dvc pull --run-cache)
+	fashion-mlp share pull
 
 results: repro ## dvc repro, then refresh README.md's results table from the metrics
 	fashion-mlp compare --readme README.md
@@ -95,11 +111,8 @@ format: install ## apply ruff's fixes and formatting
 	ruff check --fix .
 	ruff format .
 
-ui: install ## MLflow UI for the project's store; prints the link to the training runs
-	@echo "open http://127.0.0.1:$(MLFLOW_PORT)/#/experiments?workflowType=machine_learning"
-	mlflow ui --backend-store-uri "$$(python -c 'import pathlib, urllib.parse; \
-		print("sqlite:///" + urllib.parse.quote(str(pathlib.Path("mlflow.db").resolve())))')" \
-		--host 127.0.0.1 --port $(MLFLOW_PORT)
+ui: install ## MLflow UI of the project's store: prints the link to its training runs (fashion-mlp ui)
+	@fashion-mlp ui --port $(MLFLOW_PORT)
 
 clean: ## remove the venv and caches (not data, models or the MLflow store)
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -136,6 +136,7 @@ def test_a_forged_run_never_becomes_champion_and_is_named_with_its_author(regist
     assert "no run whose logged model holds these weights" in refused.stderr
 
 
+@pytest.mark.server
 def test_predict_and_serve_refuse_a_registry_champion_that_is_not_the_workspaces(registered):
     """The alias moved elsewhere (by a teammate, or by someone with EDIT on the registered
     model): predict and serve compare the champion's logged weights with the workspace's and

@@ -134,6 +134,7 @@ def remote_listener(tmp_path) -> Iterator[tuple[str, Path]]:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
+@pytest.mark.server
 def test_credentials_are_never_sent_over_plain_http_to_another_host(
     workdir, params, remote_listener
 ):

@@ -477,6 +477,70 @@ def serve(
 
 @app.command()
 @friendly_errors
+def ui(
+    params_file: ParamsOption = PARAMS_FILE,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="where the UI listens")] = 5000,
+) -> None:
+    """The MLflow UI of the project's store: prints the link to its training runs, then serves
+    until Ctrl-C (a tracking server: prints its link)."""
+    from fashion_mlp.tracking.ui import run_ui
+
+    raise typer.Exit(run_ui(_store(params_file), port, typer.echo))
+
+
+share = typer.Typer(
+    help="The team's DVC remote: results a colleague restores instead of retraining.",
+    no_args_is_help=True,
+)
+app.add_typer(share, name="share")
+
+
+@share.command("push")
+@friendly_errors
+def share_push(
+    remote: Annotated[
+        str | None, typer.Option(help="DVC remote (default: core.remote)", show_default=False)
+    ] = None,
+) -> None:
+    """dvc push --run-cache, and the outputs of every run in the run-cache (sharing.py)."""
+    from fashion_mlp.sharing import push
+
+    shared = push(_project_root(), remote)
+    typer.echo(
+        f"pushed to DVC remote {shared.remote!r} ({shared.url}): {shared.transferred} files new "
+        "there; colleagues: git pull && fashion-mlp share pull, then dvc repro --pull"
+    )
+
+
+@share.command("pull")
+@friendly_errors
+def share_pull(
+    remote: Annotated[
+        str | None, typer.Option(help="DVC remote (default: core.remote)", show_default=False)
+    ] = None,
+) -> None:
+    """dvc pull --run-cache: the workspace's outputs and what every run in the team's
+    run-cache gave (restored by `dvc repro --pull` instead of retrained)."""
+    from fashion_mlp.sharing import pull
+
+    shared = pull(_project_root(), remote)
+    typer.echo(
+        f"pulled from DVC remote {shared.remote!r} ({shared.url}): {shared.transferred} files; "
+        "`dvc repro --pull` restores what a colleague already ran"
+    )
+
+
+def _project_root() -> Path:
+    """The DVC project this command runs in (the folder holding .dvc/, from here up)."""
+    folder = Path.cwd()
+    for candidate in (folder, *folder.parents):
+        if (candidate / ".dvc").is_dir():
+            return candidate
+    raise PipelineError(f"{folder}: not in a DVC project (no .dvc folder here or above)")
+
+
+@app.command()
+@friendly_errors
 def samples(
     data_dir: Annotated[Path, typer.Option(help="preprocessed tensors")] = PROCESSED_DIR,
     out_dir: Annotated[Path, typer.Option(help="where the images go")] = Path("samples"),
