@@ -10,7 +10,8 @@ max. The machine is shared and noisy: the ratios, measured side by side, are the
 2. Our trainer: `fashion_mlp.train.fit`, the function the train stage runs
 3. Compute floor: the same forward, backward and SGD steps (and test forward) on preallocated
    tensors of the same shapes, with no data handling at all
-4. Numerics: our trainer with numerics.py's settings against torch's own choice of kernels
+4. Numerics: our trainer with `train.numerics` portable (the default: the same bits on every
+   CPU) against native (torch's fastest kernels for this CPU, whose bits differ between CPUs)
 5. System metrics: epochs of our trainer with MLflow's system-metrics monitor running, and not
 6. Tracking: the train stage (`fashion-mlp train mlp1`) with MLflow vs with --no-tracking
 7. Fixed costs by phase (phases.py): where the seconds of `train` and `evaluate` beyond the
@@ -23,7 +24,6 @@ max. The machine is shared and noisy: the ratios, measured side by side, are the
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import subprocess
@@ -36,7 +36,7 @@ from datetime import date
 from itertools import pairwise
 from pathlib import Path
 
-from fashion_mlp.numerics import NUMERICS_ENV, apply_numerics_env
+from fashion_mlp.numerics import apply_numerics_env
 
 apply_numerics_env()  # before torch loads, as the CLI does: the pipeline's numerics
 
@@ -45,8 +45,9 @@ from torch.nn import functional as F
 
 from fashion_mlp.atomic import fill_between_markers, write_text_atomic
 from fashion_mlp.dataset import IN_FEATURES, NUM_CLASSES
+from fashion_mlp.linalg import pin_numerics
 from fashion_mlp.model import build_mlp, predict_logits
-from fashion_mlp.numerics import cpu_description, reproducible_numerics
+from fashion_mlp.numerics import cpu_description
 from fashion_mlp.optimizers import make_optimizer
 from fashion_mlp.params import ModelSpec, Params, RunConfig, load_params
 from fashion_mlp.splits import Split, load_split, split_path
@@ -62,8 +63,8 @@ from phases import phase_section
 from textbook_loop import accuracy, make_loaders, torchvision_layout, train_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
-README_START = "<!-- benchmarks:start (written by `make bench`) -->"
-README_END = "<!-- benchmarks:end -->"
+DOC_START = "<!-- benchmarks:start (written by `make bench`) -->"
+DOC_END = "<!-- benchmarks:end -->"
 BIN = Path(sys.executable).parent
 MODELS = ("mlp1", "mlp2")
 
@@ -123,7 +124,7 @@ def our_epoch(config: RunConfig, train: Split, test: Split) -> Callable[[], floa
     params = config.train.model_copy(update={"epochs": 1, "device": "cpu"})
     generator = torch.Generator().manual_seed(params.seed)
     model = build_mlp(config.model, params.init_std, generator)
-    return lambda: fit(model, train, test, params, generator)[0][0]["epoch_seconds"]
+    return lambda: fit(model, train, test, params, generator).history[0]["epoch_seconds"]
 
 
 def floor_epoch(config: RunConfig, train_count: int, test_count: int) -> Callable[[], float]:
@@ -303,57 +304,61 @@ def ratio_row(
     return f"| {name} | {measured.cell()} | {baseline.cell()} | {cell} |", target
 
 
-# Epochs in a fresh process with these settings: what numerics.py costs (or saves).
+# Epochs in a fresh process, as `fashion-mlp train` runs them with `train.numerics` portable (the
+# same bits on every CPU) and native (torch's layers and MKL's fastest mode for this CPU).
 NUMERICS_PROBE = """
-import json, sys, torch
+import json, sys
+from fashion_mlp.numerics import apply_numerics_env
+apply_numerics_env()
+from fashion_mlp.linalg import pin_numerics
 from fashion_mlp.params import load_params
 from fashion_mlp.splits import load_split
 from fashion_mlp.train import fit, seeded_model
 config = load_params("params.yaml").run_config(sys.argv[1])
-params = config.train.model_copy(update={"epochs": 3, "device": "cpu"})
+params = config.train.model_copy(update={"epochs": 3, "device": "cpu", "numerics": sys.argv[2]})
+pin_numerics(params.numerics)
 train, test = load_split("data/processed", "train"), load_split("data/processed", "test")
 model, generator = seeded_model(config.model, params)
 history = fit(model, train, test, params, generator).history
 print(json.dumps([row["epoch_seconds"] for row in history[1:]]))
 """
+NUMERICS_MODELS = ("mlp1", "mlp2", "mlp_best")
 
 
 def numerics_section(repeats: int) -> tuple[list[str], list[Target]]:
-    """Our trainer's epochs under numerics.py's settings and under torch's own kernel choice
-    (the widest this CPU has), in fresh processes, interleaved."""
-    native = {"ATEN_CPU_CAPABILITY": "avx512" if "avx512f" in cpu_description() else "avx2"}
-    settings = {"ours": dict(NUMERICS_ENV), "native": dict(NUMERICS_ENV) | native}
+    """Our trainer's epochs with `train.numerics` portable and native, in fresh processes,
+    interleaved (the first epoch of each, which warms up, left out)."""
     lines = [
-        "## Numerics: seconds per epoch of our trainer (fresh processes, interleaved)",
+        "## Numerics: seconds per epoch, portable against native (fresh processes, interleaved)",
         "",
-        f"CPU: {cpu_description()}. Ours: {', '.join(f'{k}={v}' for k, v in NUMERICS_ENV.items())}"
-        f"; native: ATen's kernels for the widest vector unit ({native['ATEN_CPU_CAPABILITY']}), "
-        "MKL strict as ours.",
+        f"CPU: {cpu_description()}. portable: the default, the same bits on every x86-64 CPU "
+        "(layers.py on `_sequential_gemm.c`, MKL compatible mode, oneDNN off); native: torch's "
+        "own layers, MKL's fastest mode for this CPU and oneDNN (`train.numerics: native`). "
+        "Epochs 2 and 3 of each run.",
         "",
-        "| model | ours | native | ours / native |",
+        "| model | portable | native | portable / native |",
         "|---|---|---|---|",
     ]
     targets: list[Target] = []
-    for name in MODELS:
-        seconds: dict[str, list[float]] = {"ours": [], "native": []}
+    for name in NUMERICS_MODELS:
+        seconds: dict[str, list[float]] = {"portable": [], "native": []}
         for _ in range(max(2, repeats // 2)):
-            for label, env in settings.items():
-                log(f"{name}: epochs with {label} numerics")
+            for numerics in seconds:
+                log(f"{name}: epochs with {numerics} numerics")
                 done = subprocess.run(
-                    [sys.executable, "-c", NUMERICS_PROBE, name],
+                    [sys.executable, "-c", NUMERICS_PROBE, name, numerics],
                     cwd=ROOT,
-                    env={k: v for k, v in os.environ.items() if k not in env} | env,
                     capture_output=True,
                     text=True,
                     check=True,
                 )
-                seconds[label] += json.loads(done.stdout.strip().splitlines()[-1])
+                seconds[numerics] += json.loads(done.stdout.strip().splitlines()[-1])
         row, target = ratio_row(
             name,
-            Timing(seconds["ours"]),
+            Timing(seconds["portable"]),
             Timing(seconds["native"]),
-            "our numerics cost",
-            1.05,
+            "portable numerics cost",
+            1.30,
             "{:.2f}x",
         )
         lines.append(row)
@@ -449,7 +454,7 @@ def report(repeats: int, sections: tuple[str, ...]) -> str:
     lines = [
         f"`make bench` on {date.today()}: {cpu_description()}, {platform.machine()}, "
         f"torch {torch.__version__} with {torch.get_num_threads()} threads, Python "
-        f"{platform.python_version()}, numerics {reproducible_numerics()}. Each cell: median "
+        f"{platform.python_version()}, numerics {pin_numerics()}. Each cell: median "
         f"[min-max] seconds of {repeats} runs ({max(2, repeats // 2)} each way for the train "
         "stage and the two trainings); the queue, repro and sweep rows are single runs. Read the "
         "ratios: the machine is shared and noisy.",
@@ -469,7 +474,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=6, help="runs per figure (default 6)")
     parser.add_argument("--out", type=Path, default=ROOT / "reports/benchmarks.md")
     parser.add_argument(
-        "--readme", type=Path, help="also refresh this file's tables (between its markers)"
+        "--doc", type=Path, help="also refresh this file's tables (between its markers)"
     )
     parser.add_argument(
         "--only",
@@ -483,12 +488,10 @@ def main() -> None:
         sys.exit(f"error: --only: unknown sections {sorted(unknown)}; known: {SECTIONS}")
     if not split_path(ROOT / "data/processed", "train").exists() or not (ROOT / "configs").is_dir():
         sys.exit("error: the processed data or configs/ are missing; run `make repro` first")
-    reproducible_numerics()
     text = report(args.repeats, sections)
     write_text_atomic(args.out, "# Benchmarks\n\n" + text)
-    if args.readme:
-        # The README nests the sections one level deeper, under its "Performance" heading.
-        fill_between_markers(args.readme, README_START, README_END, text.replace("## ", "### "))
+    if args.doc:
+        fill_between_markers(args.doc, DOC_START, DOC_END, text)
     print(text)
 
 

@@ -180,6 +180,38 @@ def test_numerics_the_caller_set_are_honoured_and_named_never_replaced():
     assert "(caller set MKL_CBWR=AUTO,STRICT: outputs may differ" in tag
 
 
+@pytest.mark.slow  # two trainings in fresh processes: 15 s
+def test_native_numerics_are_an_explicit_recorded_choice_that_trains_other_weights(tmp_path):
+    """`train.numerics: native` (torch's fastest kernels for this CPU) trains with torch's own
+    layers and MKL's AUTO mode, and says so in the run's `numerics` tag; its weights differ from
+    the portable ones, which is why it is never the default."""
+    import mlflow
+
+    project = wide_project(tmp_path)
+    weights = {}
+    for numerics in ("portable", "native"):
+        config = json.loads((project / "configs/mlp1.json").read_text())
+        config["train"]["numerics"] = numerics
+        (project / f"{numerics}.json").write_text(json.dumps(config))
+        done = subprocess.run(
+            [CLI, "train", "mlp1", "--config", f"{numerics}.json", "--out-dir", numerics],
+            cwd=project,
+            env=without_numerics(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        weights[numerics] = sha256((project / numerics / "model.safetensors").read_bytes())
+    runs = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}").search_runs(
+        ["1"], order_by=["attributes.start_time ASC"]
+    )
+    tags = {run.data.params["numerics"]: run.data.tags["numerics"] for run in runs}
+    assert tags["portable"].startswith("gemm-") and "mkl-COMPATIBLE,STRICT" in tags["portable"]
+    assert tags["native"].startswith("native gemm-torch ") and "mkl-AUTO" in tags["native"]
+    assert weights["portable"].digest() != weights["native"].digest()
+
+
 def test_train_says_in_one_line_that_the_callers_numerics_were_honoured(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
@@ -188,8 +220,10 @@ def test_train_says_in_one_line_that_the_callers_numerics_were_honoured(tmp_path
     monkeypatch.chdir(wide_project(tmp_path))
     result = CliRunner().invoke(
         app,
-        ["train", "mlp1", "--config", "configs/mlp1.json", "--no-progress", "--no-tracking"]
-        + ["--out-dir", "out"],
+        [
+            *("train", "mlp1", "--config", "configs/mlp1.json"),
+            *("--no-progress", "--no-tracking", "--out-dir", "out"),
+        ],
         env={"MKL_CBWR": "AUTO,STRICT"},
     )
     assert result.exit_code == 0, result.output

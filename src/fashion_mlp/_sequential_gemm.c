@@ -293,13 +293,17 @@ static int sequential_gemm(long m, long n, long k, const float *a, long rsa, lon
         const long packs = a_panels + (i0 == 0 ? b_panels : 0);
         float *const bp = b_packed[kb & 1], *const ap = a_packed[step & 1];
         const enum start start = k0 > 0 ? FROM_C : bias ? FROM_BIAS : FROM_ZERO;
-#pragma omp for schedule(static)
+        /* B panels (nr wide) first, then A panels (mr high), handed out one at a time: a
+         * static split would give one thread most of the larger B panels and make the other
+         * wait at the barrier. */
+        const long b_packs = packs - a_panels;
+#pragma omp for schedule(dynamic, 1)
         for (long p = 0; p < packs; p++) {
-            if (p < a_panels)
-                pack_a(a, rsa, csa, m, i0 + p * mr, k0, kc, mr, vector, ap + p * kc * mr);
+            if (p < b_packs)
+                pack_b(b, rsb, csb, n, p * nr, k0, kc, nr, vector, bp + p * kc * nr);
             else
-                pack_b(b, rsb, csb, n, (p - a_panels) * nr, k0, kc, nr, vector,
-                       bp + (p - a_panels) * kc * nr);
+                pack_a(a, rsa, csa, m, i0 + (p - b_packs) * mr, k0, kc, mr, vector,
+                       ap + (p - b_packs) * kc * mr);
         }
         /* Consecutive tiles share a B panel, which stays in L1 while A panels stream. */
 #pragma omp for schedule(dynamic, 4) nowait

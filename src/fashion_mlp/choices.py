@@ -3,6 +3,7 @@
     models.NAME.activation   ACTIVATIONS   (nonlinearities.py builds each)
     train.optimizer          OPTIMIZERS    (optimizers.py)
     train.lr_schedule        SCHEDULES     (optimizers.py)
+    train.numerics           NUMERICS      (model.py's layers, linalg.pin_numerics)
 
 params.py validates against these names; each registry gives every name its code and refuses,
 when it is imported, to run with a name it has no code for (so an accepted name always has code
@@ -17,6 +18,8 @@ from collections.abc import Iterable
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "gelu", "elu")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
+# portable: the same bits on every x86-64 CPU; native: torch's fastest kernels for this CPU.
+NUMERICS = ("portable", "native")
 
 
 def check_registry(registry: str, names: tuple[str, ...], implemented: Iterable[str]) -> None:

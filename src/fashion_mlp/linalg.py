@@ -36,6 +36,7 @@ MKL_BRANCHES = {
 }
 MKL_CBWR_STRICT = 0x10000
 MKL_CBWR_ALL = -1
+MKL_CBWR_AUTO = 2
 
 
 def kernel_name() -> str:
@@ -87,12 +88,22 @@ def column_sums(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def pin_numerics() -> str:
-    """Switch torch's oneDNN off, then name the numerics that run, for the run's `numerics` tag,
-    e.g. 'gemm-avx512 aten-avx2 mkl-COMPATIBLE,STRICT'."""
-    torch.backends.mkldnn.enabled = False
+def pin_numerics(numerics: str = "portable") -> str:
+    """Set up `train.numerics` before the first product, then name the numerics that run, for
+    the run's `numerics` tag.
+
+    portable (model.LAYERS: layers.py): torch's oneDNN off; e.g. 'gemm-avx512 aten-avx2
+    mkl-COMPATIBLE,STRICT'. native (torch's layers): oneDNN on and MKL back in its AUTO mode,
+    the fastest for this CPU, unless the caller set MKL_CBWR; e.g. 'native gemm-torch aten-avx2
+    mkl-AUTO'. Call it before anything uses MKL: MKL takes a new mode only before its first
+    call.
+    """
+    native = numerics == "native"
+    torch.backends.mkldnn.enabled = native
+    if native and "MKL_CBWR" not in overridden_numerics():
+        _set_mkl_mode(MKL_CBWR_AUTO)
     parts = [
-        f"gemm-{kernel_name()}",
+        *(["native", "gemm-torch"] if native else [f"gemm-{kernel_name()}"]),
         f"aten-{torch.backends.cpu.get_cpu_capability().lower()}",
         _mkl_mode(),
     ]
@@ -103,16 +114,33 @@ def pin_numerics() -> str:
     return " ".join(parts)
 
 
+def _mkl_function(name: str):
+    """One of MKL's reproducibility functions inside torch, or None (no MKL, or not exported)."""
+    if not torch.backends.mkl.is_available():
+        return None
+    try:
+        library = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+        function = getattr(library, name)
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = [ctypes.c_int], ctypes.c_int
+    return function
+
+
+def _set_mkl_mode(mode: int) -> None:
+    """Ask MKL for `mode`; `_mkl_mode` then says what it took (nothing, after MKL's first
+    call)."""
+    if set_mode := _mkl_function("mkl_serv_cbwr_set"):
+        set_mode(mode)
+
+
 def _mkl_mode() -> str:
     """MKL's reproducibility mode as it runs, e.g. 'mkl-COMPATIBLE,STRICT'."""
     if not torch.backends.mkl.is_available():
         return "no-mkl"
-    try:
-        library = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
-        get_mode = library.mkl_serv_cbwr_get
-    except (OSError, AttributeError):
+    get_mode = _mkl_function("mkl_serv_cbwr_get")
+    if get_mode is None:
         return "mkl-unknown"
-    get_mode.argtypes, get_mode.restype = [ctypes.c_int], ctypes.c_int
     mode = get_mode(MKL_CBWR_ALL)
     branch = MKL_BRANCHES.get(mode & ~MKL_CBWR_STRICT, str(mode & ~MKL_CBWR_STRICT))
     return f"mkl-{branch}" + (",STRICT" if mode & MKL_CBWR_STRICT else "")

@@ -2,7 +2,9 @@
 
 `build_mlp` makes Flatten, then for each hidden width Linear (+ batch norm) + activation
 (+ dropout), then a Linear to the 10 classes, as in d2l's MLP chapter; weights ~ normal(0,
-init_std), biases zero.
+init_std), biases zero. Its layers are those `train.numerics` names (LAYERS): layers.py's,
+whose numbers are the same on every x86-64 CPU, or torch's own, faster and CPU-dependent. Both
+have the same parameters, so a checkpoint loads into either.
 
 A checkpoint (`models/MODEL/model.safetensors`) is a safetensors file: the state dict, with the
 architecture in its metadata, so `evaluate` rebuilds the network without `params.yaml`. The
@@ -17,15 +19,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fashion_mlp import layers
 from fashion_mlp.artifacts import checkpoint_metadata, checkpoint_spec, safetensors_metadata
 from fashion_mlp.atomic import write_bytes_atomic
+from fashion_mlp.choices import NUMERICS, check_registry
 from fashion_mlp.dataset import IN_FEATURES, NUM_CLASSES
 from fashion_mlp.errors import PipelineError
-from fashion_mlp.layers import BatchNorm1d, Dropout, Linear
 from fashion_mlp.nonlinearities import activation_layer
 from fashion_mlp.params import ModelSpec
 
 EVAL_BATCH_SIZE = 8192
+# train.numerics -> the Linear, BatchNorm1d and Dropout classes that compute.
+LAYERS = {
+    "portable": (layers.Linear, layers.BatchNorm1d, layers.Dropout),
+    "native": (nn.Linear, nn.BatchNorm1d, nn.Dropout),
+}
+check_registry("train.numerics (model.LAYERS)", NUMERICS, LAYERS)
 
 
 def layer_sizes(spec: ModelSpec) -> list[int]:
@@ -42,7 +51,10 @@ def training_memory(spec: ModelSpec, batch_size: int) -> tuple[int, int]:
     return weights, 4 * (4 * weights + 4 * largest_batch * sum(sizes))
 
 
-def build_mlp(spec: ModelSpec, init_std: float, generator: torch.Generator) -> nn.Sequential:
+def build_mlp(
+    spec: ModelSpec, init_std: float, generator: torch.Generator, numerics: str = "portable"
+) -> nn.Sequential:
+    Linear, BatchNorm1d, Dropout = LAYERS[numerics]
     sizes = layer_sizes(spec)
     layers: list[nn.Module] = [nn.Flatten()]
     for index, (width_in, width_out) in enumerate(pairwise(sizes)):
@@ -104,7 +116,8 @@ def network_from_checkpoint(content: bytes, source: str) -> tuple[nn.Sequential,
 
     try:
         spec = checkpoint_spec(safetensors_metadata(content, len(content)))
-        model = build_mlp(spec, init_std=1.0, generator=torch.Generator())
+        # Inference on the CPU-independent layers: a prediction is the same on every machine.
+        model = build_mlp(spec, 1.0, torch.Generator(), "portable")
         model.load_state_dict(load(content))
     except (SafetensorError, KeyError, TypeError, ValueError, RuntimeError) as err:
         reason = " ".join(str(err).split())[:200] or type(err).__name__

@@ -36,6 +36,7 @@ MD5 = re.compile(r"^[0-9a-f]{32}\Z")
 Activation = Literal[choices.ACTIVATIONS]  # type: ignore[valid-type]
 Optimizer = Literal[choices.OPTIMIZERS]  # type: ignore[valid-type]
 Schedule = Literal[choices.SCHEDULES]  # type: ignore[valid-type]
+Numerics = Literal[choices.NUMERICS]  # type: ignore[valid-type]
 # Bounds that keep every accepted value usable by torch and by the machine: an integer past
 # these fails deep inside torch (or allocates forever) instead of here, with a name.
 MAX_EPOCHS = 100_000
@@ -76,7 +77,7 @@ def finite(**bounds: float) -> Any:
 
 
 class TrainParams(Section):
-    """How a model is trained. The options after `device` are off at their neutral values (0,
+    """How a model is trained. The options after `numerics` are off at their neutral values (0,
     false), where training is bit-for-bit what it was before they existed."""
 
     epochs: int = Field(gt=0, le=MAX_EPOCHS)
@@ -89,6 +90,7 @@ class TrainParams(Section):
     init_std: float = finite(gt=0)
     seed: int = Field(ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"]
+    numerics: Numerics
     warmup_epochs: int = Field(ge=0, le=MAX_EPOCHS)
     label_smoothing: float = finite(ge=0, lt=1)
     ema_decay: float = finite(ge=0, lt=1)

@@ -107,7 +107,7 @@ def seeded_model(spec: ModelSpec, params: TrainParams) -> tuple[nn.Sequential, t
     refuse_what_cannot_fit(spec, params)
     torch.manual_seed(params.seed)
     generator = torch.Generator().manual_seed(params.seed)
-    return build_mlp(spec, params.init_std, generator), generator
+    return build_mlp(spec, params.init_std, generator, params.numerics), generator
 
 
 def refuse_what_cannot_fit(spec: ModelSpec, params: TrainParams) -> None:
@@ -286,7 +286,7 @@ def train_model(
     device = resolve_device(params.device)
     run_tags = {
         "torch_device": str(device),
-        "numerics": pin_numerics(),
+        "numerics": pin_numerics(params.numerics),
         "cpu": cpu_description(),
         **tags,
     }

@@ -127,6 +127,7 @@ def train_params(**overrides) -> TrainParams:
         init_std=0.01,
         seed=0,
         device="cpu",
+        numerics="portable",
         **NEUTRAL_OPTIONS,
     )
     return TrainParams(**(values | overrides))

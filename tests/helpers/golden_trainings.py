@@ -34,6 +34,7 @@ D2L = dict(
     init_std=0.01,
     seed=0,
     device="cpu",
+    numerics="portable",
     warmup_epochs=0,
     label_smoothing=0.0,
     ema_decay=0.0,

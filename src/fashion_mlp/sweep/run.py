@@ -143,11 +143,13 @@ def _definition(params: Params) -> dict[str, Any]:
 def _test_best(best: TrialOutcome, rest: Split, data_dir: Path) -> float:
     """Retrain the best configuration exactly as its trial did (same seed, same split, same
     weights: the numerics are thread-independent) and score it once on the test split."""
+    from fashion_mlp.linalg import pin_numerics
     from fashion_mlp.threads import CoreShare
     from fashion_mlp.train import fit, seeded_model
 
     test = load_split(data_dir, "test")
     params = best.plan.config.train.model_copy(update={"device": "cpu"})
+    pin_numerics(params.numerics)
     with CoreShare() as cores:
         model, generator = seeded_model(best.plan.config.model, params)
         fitted = fit(model, rest, test, params, generator, on_batch_end=cores.rebalance)

@@ -108,9 +108,9 @@ def run_trial(
     from fashion_mlp.tracking.store import Store
     from fashion_mlp.train import fit, seeded_model
 
-    pin_numerics()
     trial = trials[config["trial"]]
     spec, params = ModelSpec(**trial["model"]), TrainParams(**trial["train"])
+    pin_numerics(params.numerics)
     store = Store(TrackingTarget(**settings["target"]), create_experiment=False)
     tags = {
         TRIAL_TAG: str(trial["index"]),
