@@ -17,7 +17,7 @@ CONSTRAINTS := constraints.txt
 # remote the sharing tests start).
 TEST_PACKAGES := postgresql chromium iproute2 nginx openssl qemu-user openssh-server
 
-.PHONY: help install constraints data test-deps repro push pull results exps sweep test test-fast check-numerics bench lint format ui clean
+.PHONY: help install constraints data test-deps repro quick push pull results exps sweep test test-fast check-numerics bench lint format ui clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -26,10 +26,14 @@ install: $(VENV)/.installed ## create .venv and install the package with its dev
 
 # The package builds a C extension (the matrix products, compiled with the machine's gcc):
 # editing its source reinstalls.
+# pip's own lines are many; one per package collected shows the progress.
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) src/fashion_mlp/_sequential_gemm.c
+	@echo "installing into $(VENV) (the first time: about 3 minutes, torch is 1 GB)"
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
+	@set -o pipefail; $(BIN)/pip install -c $(CONSTRAINTS) -e '.[dev]' \
+		| grep --line-buffered -E '^(Collecting|Building|Installing|Successfully)' \
+		| sed -u 's/^Collecting /  /'
 	touch $@
 
 constraints: ## re-resolve the newest allowed versions into constraints.txt (then run make test)
@@ -42,6 +46,7 @@ data: ## install Debian's dataset-fashion-mnist if possible (else `download` use
 	@if [ -f $(DATASET_DIR)/train-images-idx3-ubyte.gz ]; then \
 		echo "Fashion-MNIST found in $(DATASET_DIR)"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's dataset-fashion-mnist"; \
 		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
 	else \
 		echo "not root or no apt-get: the download stage will fetch from the URLs in params.yaml"; \
@@ -79,12 +84,12 @@ pull: install ## get the team's results from its DVC remote (dvc pull --run-cach
 results: repro ## dvc repro, then refresh README.md's results table from the metrics
 	fashion-mlp compare --readme README.md
 
-# `dvc exp show` minus what no experiment changes or nobody compares: the deps' hashes, test_loss,
-# the data, sweep and mlflow params; --only-changed then leaves the params an experiment set.
-EXPS_DROP := Created$$|State$$|Executor$$|.*:test_loss$$|data\.|sweep\.|mlflow\.|[^:]*/[^:]*$$|(configs|models|metrics)$$
+exps: install ## the experiments: what each changed, the test accuracy of each model it retrained
+	@fashion-mlp exps $(ARGS)
 
-exps: install ## dvc exp show, narrowed to test accuracy and the params experiments change
-	dvc exp show --no-pager --only-changed --precision 4 --drop '$(EXPS_DROP)' $(ARGS)
+quick: install data ## a first result in about a minute: the two d2l models, trained and evaluated
+	@set -o pipefail; PYTHONUNBUFFERED=1 dvc repro evaluate@mlp1 evaluate@mlp2 | sed -u '/^Use `dvc push` to send your updates to remote storage.$$/d'
+
 
 sweep: install data ## the Ray Tune hyperparameter sweep (dvc repro sweeps/dvc.yaml:sweep)
 	dvc repro sweeps/dvc.yaml:sweep
@@ -100,8 +105,8 @@ check-numerics: install data test-deps ## does this machine train the committed 
 	@grep -q avx512f /proc/cpuinfo && echo "AVX-512: yes" || echo "AVX-512: no"
 	pytest tests/test_numerics.py tests/test_linalg.py -q
 
-bench: install ## benchmarks/run.py: trainer, bookkeeping, parallel work; README Performance tables
-	python benchmarks/run.py --readme README.md $(ARGS)
+bench: install ## benchmarks/run.py: trainer, numerics, bookkeeping, parallel work (docs/performance.md)
+	python benchmarks/run.py --doc docs/performance.md $(ARGS)
 
 lint: install ## ruff check and format check
 	ruff check .

@@ -114,26 +114,29 @@ def test_full_repro_tracks_both_models_in_one_store(reproduced):
 
 @pytest.mark.browser
 def test_the_readme_journey_in_a_real_browser(reproduced, tmp_path):
-    """Open the training runs in the MLflow UI, select mlp1 and mlp2, press Compare: the
-    compare view shows each one's test accuracy beside its name; the Models tab lists both
-    models by name with their test accuracy (Chromium, driven by Playwright)."""
-    import mlflow
-
-    from helpers.browser import CHROMIUM, mlflow_ui, walk_the_readme
+    """README "Comparing runs in MLflow" clicked in a 1600 x 900 Chromium (Playwright), from
+    the link `fashion-mlp ui` prints: the per-epoch charts of mlp1 and mlp2 on screen together,
+    the compare view's test accuracy beside its name, the Models tab's test_acc column on
+    screen, the champion on the registry page, and back to the runs by the experiment's name.
+    Its screenshots are the README's images (tests/helpers/browser.py makes them)."""
+    from helpers.browser import CHROMIUM, README_WALK, project_ui, walk_the_readme
 
     require(CHROMIUM.exists(), f"{CHROMIUM} not installed (apt-get install chromium)")
-    store = reproduced / "mlflow.db"
-    experiment = mlflow.MlflowClient(f"sqlite:///{store}").get_experiment_by_name("fashion-mlp")
-    with mlflow_ui(store) as url:
-        journey = walk_the_readme(
-            url, experiment.experiment_id, ["mlp1", "mlp2"], "test_acc", tmp_path
-        )
+    with project_ui(reproduced, stage_env()) as link:
+        journey = walk_the_readme(link, ["mlp1", "mlp2"], *README_WALK, tmp_path)
+    # (The UI appends its own state to the URL: search filter, sort order.)
+    assert link.endswith("/runs?workflowType=machine_learning") and journey.landed.startswith(link)
+    assert journey.charts_in_view == {"test_acc": True, "train_acc": True}, journey
     for model in ("mlp1", "mlp2"):
         test_acc = json.loads((reproduced / f"metrics/{model}.json").read_text())["test_acc"]
         assert float(journey.compared[model]) == pytest.approx(test_acc, abs=1e-3), journey
         assert float(journey.models[model]) == pytest.approx(test_acc, abs=1e-4), journey
     assert journey.beside_its_name, "test_acc is not on screen beside its name"
-    for picture in ("runs.png", "compare.png", "models.png"):
+    assert journey.metric_column_in_view, "the Models tab's test_acc column is off screen"
+    champion = json.loads((reproduced / "reports/champion.json").read_text())
+    assert "@ champion" in journey.champion and champion["model"] in journey.champion, journey
+    assert journey.reopened.startswith(link), journey
+    for picture in ("runs.png", "charts.png", "compare.png", "models.png", "registry.png"):
         assert (tmp_path / picture).read_bytes()[:4] == b"\x89PNG"
 
 
@@ -585,9 +588,6 @@ def test_every_leaf_key_of_params_reruns_exactly_what_reads_it(every_key_project
     from helpers.process import VENV_BIN
 
     project = every_key_project
-    sweeps = yaml.safe_load((project / "sweeps/dvc.yaml").read_text())["stages"]
-    # The past searches are frozen records: they read their own params files, not params.yaml.
-    records = {f"sweeps/dvc.yaml:{name}" for name, stage in sweeps.items() if stage.get("frozen")}
     monkeypatch.setenv("PATH", f"{VENV_BIN}:{os.environ['PATH']}")
     monkeypatch.chdir(project)
     original = yaml.safe_load((project / "params.yaml").read_text())
@@ -599,7 +599,7 @@ def test_every_leaf_key_of_params_reruns_exactly_what_reads_it(every_key_project
         def reached() -> set[str]:
             """Run what changed, step by step (a failing download counts as run); all of it."""
             seen: set[str] = set()
-            while changed := set(repo.status()) - seen - records:
+            while changed := set(repo.status()) - seen:
                 seen |= changed
                 for stage in sorted(changed & {"download", "configure"}):
                     try:

@@ -9,6 +9,7 @@ import torch
 from fashion_mlp.dataset import CLASS_NAMES
 from fashion_mlp.evaluate import confusion_matrix
 from fashion_mlp.metrics import EVALUATION_METRICS
+from helpers.data import PROJECT_ROOT
 from helpers.process import heavy_modules_loaded
 
 
@@ -205,3 +206,19 @@ def test_compare_refreshes_the_readme_table_between_its_markers(evaluated):
 def test_compare_loads_neither_torch_nor_mlflow(evaluated):
     evaluated.use_params("compare")
     assert heavy_modules_loaded(evaluated, "compare") == set()
+
+
+def test_the_d2l_figure_stands_beside_a_model_only_while_it_trains_by_the_chapters_recipe():
+    import dataclasses
+
+    from fashion_mlp.compare import d2l_reference
+    from fashion_mlp.params import load_params
+
+    params = load_params(PROJECT_ROOT / "params.yaml")
+    shown = {config.name: d2l_reference(config) for config in params.run_configs()}
+    assert shown["mlp1"] == 0.855 and shown["mlp2"] == 0.827
+    assert {name for name, figure in shown.items() if figure is not None} == {"mlp1", "mlp2"}
+    mlp2 = params.run_config("mlp2")
+    for changed in ({"lr": 0.05}, {"epochs": 1}, {"momentum": 0.9}, {"augment_flip": True}):
+        edited = dataclasses.replace(mlp2, train=mlp2.train.model_copy(update=changed))
+        assert d2l_reference(edited) is None, changed

@@ -8,8 +8,12 @@ UPPERCASE placeholder (MODEL, NAME, N) or an ellipsis is illustrative, as the RE
 skipped. Long targets (`make test`, `make bench`, `make
 sweep`, `make test-fast`) are checked with `make -n`; `make ui` and `fashion-mlp serve` are
 started, reached over HTTP and stopped; `dvc queue status` is repeated until the queue is done.
+The trainings are the README's on tiny synthetic data (tests/helpers/data.py's tiny_params: two
+models, 2 epochs), so the commands are the README's exactly. After them, each experiment
+changed only what it says, and the promotion moved the registry to the promoted weights.
 """
 
+import json
 import os
 import re
 import shutil
@@ -133,7 +137,7 @@ def workspace(tmp_path_factory) -> Path:
     (folder / ".venv").symlink_to(PROJECT_ROOT / ".venv")
     # The venv's install stamp must stay newer than what it was installed from.
     installed = (PROJECT_ROOT / ".venv/.installed").stat().st_mtime
-    for name in ("pyproject.toml", "constraints.txt"):
+    for name in ("pyproject.toml", "constraints.txt", "src/fashion_mlp/_sequential_gemm.c"):
         os.utime(folder / name, (installed - 60, installed - 60))
     (folder / ".gitignore").write_text("/.venv\n/mlflow.db*\n/mlartifacts/\n/samples/\n")
     env = new_shell_env()
@@ -167,6 +171,7 @@ def reach_and_stop(shell: Shell, command: str, url: str, log: Path) -> None:
 def test_every_readme_command_runs_as_written_from_a_spaced_non_ascii_path(workspace, tmp_path):
     shown = [command.split(" #")[0].strip() for command in readme_commands()]
     assert {"make repro", ACTIVATE, "fashion-mlp serve", "make exps", "make ui"} <= set(shown)
+    assert any(command.startswith("dvc exp apply lr-005 && ") for command in shown)
     # The README's DVC cache workaround writes under ~/.cache: a home of the test's own.
     # A terminal 120 columns wide, as `dvc exp show` sees one.
     env = new_shell_env() | {"HOME": str(tmp_path / "home"), "COLUMNS": "120"}
@@ -202,3 +207,50 @@ def test_every_readme_command_runs_as_written_from_a_spaced_non_ascii_path(works
             assert server.wait(timeout=60) == 0
             assert "stopped" in serve_log.read_text()
     assert failures == []
+    assert_each_experiment_changed_only_what_it_says(shell)
+    assert_the_promotion_is_what_the_registry_serves(workspace)
+
+
+def changed_params(experiment: dict, baseline: dict) -> dict[str, tuple]:
+    """Leaf param -> (baseline's value, the experiment's), for each leaf that differs."""
+
+    def leaves(prefix: str, value) -> dict:
+        if isinstance(value, dict):
+            return {
+                k: v
+                for key, inner in value.items()
+                for k, v in leaves(f"{prefix}.{key}" if prefix else key, inner).items()
+            }
+        return {prefix: value}
+
+    before = leaves("", baseline["data"]["params"]["params.yaml"]["data"])
+    after = leaves("", experiment["data"]["params"]["params.yaml"]["data"])
+    return {
+        k: (before.get(k), after.get(k))
+        for k in before.keys() | after.keys()
+        if before.get(k) != after.get(k)
+    }
+
+
+def assert_each_experiment_changed_only_what_it_says(shell: Shell) -> None:
+    """Run one after the other, each from the committed params: none inherits another's."""
+    shown = json.loads(shell.run("dvc exp show --json --all-commits").stdout)
+    found = {}
+    for commit in shown[1:]:
+        for entry in commit.get("experiments") or []:
+            found[entry["revs"][0]["name"]] = changed_params(entry["revs"][0], commit)
+    assert found["lr-005"] == {"train.lr": (0.5, 0.05)}, found
+    assert found["mlp2-lr-005"] == {"models.mlp2.lr": (None, 0.05)}, found
+    queued = [changes for name, changes in found.items() if name not in ("lr-005", "mlp2-lr-005")]
+    assert sorted(queued, key=str) == [{"train.lr": (0.5, 0.2)}, {"train.lr": (0.5, 0.3)}], found
+
+
+def assert_the_promotion_is_what_the_registry_serves(folder: Path) -> None:
+    import mlflow
+
+    champion = json.loads((folder / "reports/champion.json").read_text())
+    assert champion["registry"] == "promoted", champion
+    client = mlflow.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    version = client.get_model_version_by_alias("fashion-mlp", "champion")
+    assert client.get_run(version.run_id).data.params["lr"] == "0.05"
+    assert version.description.startswith(f"{champion['model']}: test_acc ")

@@ -64,6 +64,12 @@ def test_register_makes_the_declared_champion_champion_once(registered):
     assert logged.name == "mlp2" and logged.source_run_id == version.run_id
     assert logged.tags["fashion_mlp.weights_sha256"] == champion["weights_sha256"]
     assert {m.key for m in logged.metrics if m.dataset_name} == set(metrics)
+    # The registry page names the model, its accuracy and its weights.
+    assert version.tags == {"model": "mlp2"}
+    digest = champion["weights_sha256"]
+    assert version.description == (
+        f"mlp2: test_acc {metrics['test_acc']:.4f}, weights sha256 {digest[:12]}"
+    )
     # Registering the same model again adds no version, and champion.json stays the same.
     before = (registered.folder / "reports/champion.json").read_bytes()
     again = registered.invoke("register")

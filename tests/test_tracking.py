@@ -206,7 +206,7 @@ def test_mlflow_run_of_a_stage_must_use_the_projects_experiment(workdir, params)
 
 def test_links_open_the_training_runs_not_the_genai_overview():
     assert experiment_url("http://127.0.0.1:5000/", "3") == (
-        "http://127.0.0.1:5000/#/experiments/3?workflowType=machine_learning"
+        "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning"
     )
 
 

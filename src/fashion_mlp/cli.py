@@ -530,6 +530,22 @@ def share_pull(
     )
 
 
+@app.command()
+@friendly_errors
+def exps(
+    width: Annotated[
+        int | None,
+        typer.Option(min=40, help="columns (default: the terminal's, or 120)", show_default=False),
+    ] = None,
+) -> None:
+    """The DVC experiments: per experiment, the params it changed and the test accuracy of
+    each model it retrained, beside the baseline's (`make exps`)."""
+    from fashion_mlp.experiments import show_experiments, table
+
+    for line in table(show_experiments(_project_root()), width):
+        typer.echo(line)
+
+
 def _project_root() -> Path:
     """The DVC project this command runs in (the folder holding .dvc/, from here up)."""
     folder = Path.cwd()

@@ -65,7 +65,11 @@ def register_champion(
         )
     trained = runs.trained(champion, digest, evaluated=True, graph=True)
     inputs.verify()
-    version = None if experiment else registry.promote(trained)
+    # The registry page shows a version's description: which model, how good, which weights.
+    description = (
+        f"{champion}: {GATED_METRIC} {metrics[GATED_METRIC]:.4f}, weights sha256 {digest[:12]}"
+    )
+    version = None if experiment else registry.promote(trained, champion, description)
     summary = {"model": champion, "weights_sha256": digest, **metrics}
     write_json(Path(out), summary | {"registry": LEFT_ALONE if experiment else PROMOTED})
     return trained, version

@@ -71,7 +71,7 @@ def _failures_named(repo: Any, remote: str | None) -> Iterator[tuple[str, str]]:
     if not name:
         raise PipelineError(
             "no DVC remote is configured: add the team's with `dvc remote add -d team "
-            "ssh://USER@HOST/PATH` (README \"Sharing results\")"
+            'ssh://USER@HOST/PATH` (README "Sharing results")'
         )
     if name not in config["remote"]:
         known = ", ".join(sorted(config["remote"])) or "none"

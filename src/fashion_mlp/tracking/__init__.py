@@ -11,6 +11,7 @@
     tags.py         the tags runs and models are found by
     registry.py     the model registry: the champion alias, and loading only models we wrote
     team.py         team-setup on an authenticated server: experiment, model, permissions
+    ui.py           `fashion-mlp ui`: the store's MLflow UI, and the link to its training runs
 
 Each stage imports only the modules it runs (dvc.yaml lists them as code deps), so this file
 imports nothing.

@@ -47,9 +47,10 @@ class Registry:
         return self.store.target.experiment
 
     @translated
-    def promote(self, trained: TrainedRun) -> ChampionVersion:
-        """Point the alias `champion` at the version holding `trained`'s model: the one that
-        already does, or a new one. Retried, it makes no second version."""
+    def promote(self, trained: TrainedRun, model: str, description: str) -> ChampionVersion:
+        """Point the alias `champion` at the version holding `trained`'s model (`model` in
+        params.yaml): the one that already does, or a new one with `description` and the tag
+        `model`. Retried, it makes no second version."""
         from mlflow.exceptions import MlflowException
 
         client = self.store.client
@@ -68,7 +69,7 @@ class Registry:
         except MlflowException as err:
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        version = self._existing_version(trained) or self._new_version(trained)
+        version = self._existing_version(trained) or self._new_version(trained, model, description)
         client.set_registered_model_alias(self.name, CHAMPION_ALIAS, version)
         return ChampionVersion(
             self.name, int(version), trained.model_id, trained.run_id, moved=True
@@ -86,7 +87,7 @@ class Registry:
         versions = self._versions_of(trained)
         return versions[0] if versions else None
 
-    def _new_version(self, trained: TrainedRun) -> str:
+    def _new_version(self, trained: TrainedRun, model: str, description: str) -> str:
         client = self.store.client
         # No version of this model existed before: any other one after is a retried create's.
         version = self.store.create_once(
@@ -96,6 +97,8 @@ class Registry:
                     source=f"models:/{trained.model_id}",
                     run_id=trained.run_id,
                     model_id=trained.model_id,
+                    tags={"model": model},
+                    description=description,
                 ).version
             ),
             lambda _: self._versions_of(trained),

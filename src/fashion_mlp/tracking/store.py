@@ -38,9 +38,9 @@ HTTP_LIMITS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
 }
 # MLflow 3.17's UI opens an experiment on its GenAI overview unless the link asks for the training
-# runs. Its experiment tag `mlflow.experimentKind` does not choose the view in 3.17: the UI's
+# runs page. Its experiment tag `mlflow.experimentKind` does not choose the view in 3.17: the UI's
 # GenAI / Model training switch is always on there, and the link's workflowType decides.
-TRAINING_VIEW = "?workflowType=machine_learning"
+TRAINING_VIEW = "/runs?workflowType=machine_learning"
 
 Method = TypeVar("Method", bound=Callable[..., Any])
 
