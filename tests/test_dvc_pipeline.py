@@ -504,6 +504,7 @@ def changed_value(key: str, value, project: Path):
         "train.optimizer": "adam",
         "train.lr_schedule": "cosine",
         "train.device": "cpu",
+        "train.numerics": "native",
         "mlflow.experiment": "elsewhere",
         "mlflow.tracking_uri": "sqlite:///elsewhere.db",
         "mlflow.champion": "mlp1",
