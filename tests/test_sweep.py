@@ -482,7 +482,8 @@ def test_the_next_sweep_closes_the_runs_a_dead_driver_left(sweep_project, embedd
     "stop",
     [signal.SIGKILL, signal.SIGSTOP],
     # SIGKILL: connections are refused at once. SIGSTOP: the server accepts and never answers,
-    # so each call waits out MLflow's timeout and retries (about 48 s with HTTP_LIMITS).
+    # so each call waits out MLflow's timeout and retries (about 48 s with HTTP_LIMITS; the test
+    # sets a 5 s timeout, as a user may, so that it waits about 18 s).
     ids=["killed", "hung"],
 )
 def test_a_tracking_server_that_dies_mid_sweep_stops_it_with_one_line(
@@ -502,7 +503,9 @@ def test_a_tracking_server_that_dies_mid_sweep_stops_it_with_one_line(
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: responds(f"{url}/health"), "mlflow server", None, process=server)
-        process = start_sweep(sweep_project, MLFLOW_TRACKING_URI=url)
+        process = start_sweep(
+            sweep_project, MLFLOW_TRACKING_URI=url, MLFLOW_HTTP_REQUEST_TIMEOUT="5"
+        )
         wait_for_epochs(backend, process, epochs=1)
         os.killpg(server.pid, stop)
         stopped = time.monotonic()
