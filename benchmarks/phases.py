@@ -88,7 +88,7 @@ def measure(command: str, model: str, folder: Path) -> dict[str, float]:
     ((command_start, _),) = spans["command"]
     phases["start-up and imports (before the command's work)"] = command_start
     if command == "train":
-        history, _ = kept["training (fit)"]
+        history = kept["training (fit)"].history
         phases["of which epochs"] = sum(row["epoch_seconds"] for row in history)
         ((_, model_end),) = spans["model"]
         ((fit_start, fit_end),) = spans["training (fit)"]
