@@ -7,11 +7,13 @@ prints one measurement as JSON; `phase_section` runs several and writes the tabl
 """
 
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -144,4 +146,11 @@ def phase_section(repeats: int) -> tuple[list[str], list[Target]]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure(sys.argv[1], sys.argv[2], Path(sys.argv[3]))))
+    try:
+        print(json.dumps(measure(sys.argv[1], sys.argv[2], Path(sys.argv[3]))))
+    except Exception:
+        # The command armed cli.QuickExit with its own status (0), which would end this process
+        # with 0 after a failed measurement: fail it here instead.
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
